@@ -1,0 +1,86 @@
+"""Preset workflows and the convention for which of their inputs a shot fills.
+
+A preset is a ComfyUI graph saved twice in workflows/: `NAME.json` in editor format (what users open and tune)
+and `api/NAME.json` in API format (what the controller queues). A shot fills inputs of nodes found by title:
+
+    node title        input(s)                 shot field
+    Checkpoint        ckpt_name                checkpoint
+    Prompt            text                     prompt
+    Negative Prompt   text                     negative
+    Sampler           seed, steps, cfg         seed, steps, cfg
+    Size              width, height            size
+    Save              filename_prefix          (set by the controller: shotline/<batch>/<shot>_a<attempt>)
+
+Rename a node in the editor to one of these titles to let shots drive it. A preset lacking a titled node the
+shot needs fails before anything is queued, naming the title.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from .shot_list import PRESET_NAME_PATTERN, Shot
+
+WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "workflows"
+
+# title -> {input name: shot field}; a None shot field is filled by the controller.
+SHOT_INPUTS: dict[str, dict[str, str | None]] = {
+    "Checkpoint": {"ckpt_name": "checkpoint"},
+    "Prompt": {"text": "prompt"},
+    "Negative Prompt": {"text": "negative"},
+    "Sampler": {"seed": "seed", "steps": "steps", "cfg": "cfg"},
+    "Size": {"width": "width", "height": "height"},
+    "Save": {"filename_prefix": None},
+}
+REQUIRED_TITLES = ("Prompt", "Sampler", "Save")
+
+
+class PresetError(ValueError):
+    pass
+
+
+def preset_path(name: str, api: bool = True) -> Path:
+    if not PRESET_NAME_PATTERN.match(name):
+        raise PresetError(f"invalid preset name {name!r}")
+    return WORKFLOWS_DIR / ("api" if api else "") / f"{name}.json"
+
+
+def load_preset(name: str) -> dict:
+    path = preset_path(name)
+    if not path.exists():
+        available = sorted(p.stem for p in (WORKFLOWS_DIR / "api").glob("*.json"))
+        raise PresetError(f"no preset {name!r}: {path} does not exist (available: {', '.join(available)})")
+    graph = json.loads(path.read_text())
+    titles = {node.get("_meta", {}).get("title") for node in graph.values()}
+    missing = [title for title in REQUIRED_TITLES if title not in titles]
+    if missing:
+        raise PresetError(f"preset {name!r} has no node titled {', '.join(map(repr, missing))}; "
+                          "see the title convention in controller/presets.py")
+    return graph
+
+
+def nodes_titled(graph: dict, title: str) -> list[dict]:
+    return [node for node in graph.values() if node.get("_meta", {}).get("title") == title]
+
+
+def fill_preset(graph: dict, shot: Shot, checkpoint: str | None, filename_prefix: str) -> tuple[dict, dict]:
+    """A copy of the preset graph with the shot's values in place, and the values filled (recorded per attempt)."""
+    graph = copy.deepcopy(graph)
+    values = {**shot.as_dict(), "checkpoint": checkpoint}
+    filled = {}
+    for title, inputs in SHOT_INPUTS.items():
+        nodes = nodes_titled(graph, title)
+        for input_name, field in inputs.items():
+            value = filename_prefix if field is None else values.get(field)
+            if value is None:
+                continue  # the preset's own value stands
+            if not nodes:
+                raise PresetError(f"preset {shot.workflow!r} has no node titled {title!r} for the shot's {field}")
+            for node in nodes:
+                if input_name not in node["inputs"]:
+                    raise PresetError(f"preset {shot.workflow!r}: node titled {title!r} ({node['class_type']}) "
+                                      f"has no input {input_name!r}")
+                node["inputs"][input_name] = value
+            filled[f"{title}.{input_name}"] = value
+    return graph, filled

@@ -1,0 +1,46 @@
+"""Where things are: the ComfyUI install.py set up, the state folder, the database.
+
+install.py records its choices in .shotline/install.json; environment variables override them:
+SHOTLINE_HOME (state folder), SHOTLINE_COMFYUI and SHOTLINE_COMFYUI_PYTHON (a ComfyUI and its Python),
+DATABASE_URL (a PostgreSQL to use instead of the embedded one).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+RANDOM_CHECKPOINT_NAME = "shotline-random-sd15.safetensors"
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    comfyui_dir: Path | None
+    comfyui_python: Path | None
+    extra_model_paths: Path | None
+    database_url: str | None
+
+    @property
+    def postgres_data_dir(self) -> Path:
+        return self.state_dir / "pgdata"
+
+
+def load_settings() -> Settings:
+    state_dir = Path(os.environ.get("SHOTLINE_HOME", PROJECT_ROOT / ".shotline")).resolve()
+    state_file = state_dir / "install.json"
+    recorded = json.loads(state_file.read_text()) if state_file.exists() else {}
+
+    def path(env: str, key: str) -> Path | None:
+        value = os.environ.get(env) or recorded.get(key)
+        return Path(value) if value else None
+
+    return Settings(
+        state_dir=state_dir,
+        comfyui_dir=path("SHOTLINE_COMFYUI", "comfyui"),
+        comfyui_python=path("SHOTLINE_COMFYUI_PYTHON", "comfyui_python"),
+        extra_model_paths=path("SHOTLINE_EXTRA_MODEL_PATHS", "extra_model_paths"),
+        database_url=os.environ.get("DATABASE_URL") or None,
+    )

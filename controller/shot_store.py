@@ -1,0 +1,94 @@
+"""Shots, attempts, outputs and verdicts in PostgreSQL, and the migrations that shape the tables."""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from .shot_list import Shot
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "db" / "migrations"
+
+
+async def apply_migrations(pool: AsyncConnectionPool) -> list[str]:
+    """Apply db/migrations/NNNN_*.sql not yet applied, in order; returns the names applied now.
+
+    An advisory lock makes concurrent controllers starting on one database take turns.
+    """
+    applied = []
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('shotline.migrations'))")
+        await conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
+                           "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+        done = {row[0] for row in await (await conn.execute("SELECT version FROM schema_migrations")).fetchall()}
+        for path in sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9][0-9]_*.sql")):
+            version = int(path.name[:4])
+            if version in done:
+                continue
+            await conn.execute(path.read_text())
+            await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, path.name))
+            applied.append(path.name)
+    return applied
+
+
+class ShotStore:
+    def __init__(self, pool: AsyncConnectionPool):
+        self.pool = pool
+
+    async def create_batch(self, source: str, shots: list[Shot]) -> tuple[uuid.UUID, list[uuid.UUID]]:
+        async with self.pool.connection() as conn, conn.transaction():
+            batch_id = (await (await conn.execute(
+                "INSERT INTO batches (source) VALUES (%s) RETURNING id", (source,))).fetchone())[0]
+            shot_ids = []
+            for position, shot in enumerate(shots):
+                row = await (await conn.execute(
+                    "INSERT INTO shots (batch_id, shot_key, position, workflow, params) "
+                    "VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                    (batch_id, shot.id, position, shot.workflow, Jsonb(shot.as_dict())))).fetchone()
+                shot_ids.append(row[0])
+        return batch_id, shot_ids
+
+    async def start_attempt(self, shot_id: uuid.UUID, prompt_id: str, backend: str, inputs: dict) -> uuid.UUID:
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute("UPDATE shots SET status = 'running', updated_at = now() WHERE id = %s", (shot_id,))
+            row = await (await conn.execute(
+                "INSERT INTO attempts (shot_id, attempt_no, prompt_id, backend, status, inputs, started_at) "
+                "VALUES (%s, (SELECT coalesce(max(attempt_no), 0) + 1 FROM attempts WHERE shot_id = %s), "
+                "%s, %s, 'running', %s, now()) RETURNING id",
+                (shot_id, shot_id, prompt_id, backend, Jsonb(inputs)))).fetchone()
+        return row[0]
+
+    async def finish_attempt(self, attempt_id: uuid.UUID, shot_id: uuid.UUID, shot_status: str,
+                             outputs: list[dict], verdicts: list[dict], error: dict | None = None) -> None:
+        """Record an attempt's end, its outputs and verdicts, and the shot's new status, in one transaction."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE attempts SET status = %s, error = %s, finished_at = now() WHERE id = %s",
+                ("failed" if error else "succeeded", Jsonb(error) if error else None, attempt_id))
+            async with conn.cursor() as cursor:
+                await cursor.executemany(
+                    "INSERT INTO outputs (attempt_id, node_id, kind, filename, subfolder, folder_type) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)",
+                    [(attempt_id, o["node_id"], o["kind"], o["filename"], o["subfolder"], o["type"])
+                     for o in outputs])
+                await cursor.executemany(
+                    "INSERT INTO verdicts (attempt_id, node_id, check_name, score, passed, details) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)",
+                    [(attempt_id, v["node_id"], v["check"], v["score"], v["passed"], Jsonb(v)) for v in verdicts])
+            await conn.execute("UPDATE shots SET status = %s, updated_at = now() WHERE id = %s",
+                               (shot_status, shot_id))
+
+    async def batch_summary(self, batch_id: uuid.UUID) -> list[dict]:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT s.shot_key, s.status, count(DISTINCT a.id), "
+                "  (SELECT v.score FROM verdicts v JOIN attempts la ON la.id = v.attempt_id "
+                "   WHERE la.shot_id = s.id ORDER BY la.attempt_no DESC, v.id LIMIT 1), "
+                "  (SELECT o.subfolder || '/' || o.filename FROM outputs o JOIN attempts la ON la.id = o.attempt_id "
+                "   WHERE la.shot_id = s.id AND o.kind = 'images' ORDER BY la.attempt_no DESC, o.id LIMIT 1) "
+                "FROM shots s LEFT JOIN attempts a ON a.shot_id = s.id WHERE s.batch_id = %s "
+                "GROUP BY s.id ORDER BY s.position", (batch_id,))
+            return [dict(zip(("shot", "status", "attempts", "score", "output"), row))
+                    for row in await cursor.fetchall()]

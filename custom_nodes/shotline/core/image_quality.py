@@ -1,0 +1,137 @@
+"""Image quality checks for generated frames: sharpness, contrast, exposure and resolution.
+
+Pure numpy/OpenCV, no ComfyUI import, so unit tests and the controller can use it directly.
+Images are float arrays in 0..1, shaped (H, W, C) as ComfyUI's IMAGE tensors are per frame.
+
+Each check gives a raw measurement, a 0..1 score and a pass flag; a failed check adds a reason.
+A check never raises on a bad image: it returns a verdict the graph or the controller can act on.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import cv2
+import numpy as np
+
+# Sharpness is measured on a copy resampled to this many pixels, so the Laplacian variance of a
+# 2048 px frame and of a 512 px frame of the same scene are comparable ("normalised for resolution").
+SHARPNESS_ANALYSIS_PIXELS = 512 * 512
+
+
+@dataclass(frozen=True)
+class QualityThresholds:
+    min_sharpness: float = 100.0     # Laplacian variance (0..255 grey levels) at the analysis size
+    min_contrast: float = 0.08       # RMS contrast: standard deviation of luma in 0..1
+    max_clipped: float = 0.15        # share of pixels crushed to black or blown to white, each side
+    min_side: int = 512              # shortest side in pixels
+
+    def __post_init__(self):
+        if self.min_sharpness <= 0 or self.min_contrast <= 0 or not 0 < self.max_clipped <= 1 or self.min_side < 1:
+            raise ValueError(f"invalid quality thresholds: {self}")
+
+
+@dataclass
+class ImageQuality:
+    width: int
+    height: int
+    sharpness: float           # Laplacian variance at the analysis size
+    contrast: float            # RMS contrast
+    clipped_shadows: float     # share of pixels with luma <= 1/255
+    clipped_highlights: float  # share of pixels with luma >= 254/255
+    scores: dict[str, float]   # per check, 0..1
+    score: float               # mean of the check scores, 0..1
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def luma(image: np.ndarray) -> np.ndarray:
+    """Rec. 601 luma in 0..1 of an (H, W, C) or (H, W) float image."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 2:
+        return image
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ValueError(f"expected an (H, W, C) image with 1, 3 or 4 channels, got shape {image.shape}")
+    if image.shape[2] == 1:
+        return image[..., 0]
+    return cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2GRAY)
+
+
+def laplacian_variance(grey: np.ndarray) -> float:
+    """Variance of the Laplacian of a 0..1 grey image, in 0..255 grey levels, at the analysis size."""
+    height, width = grey.shape
+    scale = (SHARPNESS_ANALYSIS_PIXELS / float(height * width)) ** 0.5
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    # INTER_AREA when shrinking averages pixels (no aliasing); INTER_CUBIC when growing a small image.
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    resized = cv2.resize(grey * 255.0, size, interpolation=interpolation)
+    return float(cv2.Laplacian(resized, cv2.CV_32F, ksize=1).var())
+
+
+def assess_image(image: np.ndarray, thresholds: QualityThresholds = QualityThresholds()) -> ImageQuality:
+    grey = np.clip(luma(image), 0.0, 1.0)
+    height, width = grey.shape
+    sharpness = laplacian_variance(grey)
+    _, std = cv2.meanStdDev(grey)
+    contrast = float(std[0, 0])
+    shadows = float(np.count_nonzero(grey <= 1.0 / 255.0) / grey.size)
+    highlights = float(np.count_nonzero(grey >= 254.0 / 255.0) / grey.size)
+    shortest = min(height, width)
+
+    # Scores map each measurement to 0..1 so that the threshold sits at a known point:
+    # sharpness saturates (0.5 at the threshold), the others are linear up to twice the threshold.
+    scores = {
+        "sharpness": sharpness / (sharpness + thresholds.min_sharpness),
+        "contrast": min(1.0, contrast / (2.0 * thresholds.min_contrast)),
+        "exposure": max(0.0, 1.0 - max(shadows, highlights) / (2.0 * thresholds.max_clipped)),
+        "resolution": min(1.0, shortest / float(thresholds.min_side)),
+    }
+    reasons = []
+    if sharpness < thresholds.min_sharpness:
+        reasons.append(f"blurry: sharpness {sharpness:.1f} < {thresholds.min_sharpness:g}")
+    if contrast < thresholds.min_contrast:
+        reasons.append(f"low contrast: {contrast:.3f} < {thresholds.min_contrast:g}")
+    if shadows > thresholds.max_clipped:
+        reasons.append(f"underexposed: {shadows:.1%} of pixels crushed to black > {thresholds.max_clipped:.0%}")
+    if highlights > thresholds.max_clipped:
+        reasons.append(f"overexposed: {highlights:.1%} of pixels blown to white > {thresholds.max_clipped:.0%}")
+    if shortest < thresholds.min_side:
+        reasons.append(f"too small: {width}x{height}, shortest side {shortest} < {thresholds.min_side}")
+
+    return ImageQuality(
+        width=width,
+        height=height,
+        sharpness=sharpness,
+        contrast=contrast,
+        clipped_shadows=shadows,
+        clipped_highlights=highlights,
+        scores={name: round(value, 4) for name, value in scores.items()},
+        score=round(float(np.mean(list(scores.values()))), 4),
+        passed=not reasons,
+        reasons=reasons,
+    )
+
+
+def assess_batch(images, thresholds: QualityThresholds = QualityThresholds(), on_image=None) -> dict:
+    """Verdict for a batch (N, H, W, C): per-image results, the batch score (the worst image) and pass (all pass).
+
+    `on_image` is called after each image, for progress reporting.
+    """
+    results = []
+    for image in images:
+        results.append(assess_image(image, thresholds))
+        if on_image is not None:
+            on_image()
+    if not results:
+        return {"check": "quality", "score": 0.0, "passed": False, "reasons": ["empty batch"], "images": [],
+                "thresholds": asdict(thresholds)}
+    return {
+        "check": "quality",
+        "score": min(result.score for result in results),
+        "passed": all(result.passed for result in results),
+        "reasons": [f"image {index}: {reason}" for index, result in enumerate(results) for reason in result.reasons],
+        "images": [result.as_dict() for result in results],
+        "thresholds": asdict(thresholds),
+    }

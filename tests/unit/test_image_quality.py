@@ -1,0 +1,83 @@
+import cv2
+import numpy as np
+import pytest
+
+from shotline.core.image_quality import QualityThresholds, assess_batch, assess_image
+from tests.images import blurred, comfy_example_image
+
+
+@pytest.fixture(scope="module")
+def example():
+    return comfy_example_image()
+
+
+def test_sharp_image_passes_and_its_blurred_copy_fails_for_blur(example):
+    sharp = assess_image(example)
+    soft = assess_image(blurred(example, 3.0))
+    assert sharp.passed, sharp.reasons
+    assert sharp.sharpness > 120
+    assert soft.sharpness < sharp.sharpness / 10
+    assert soft.scores["sharpness"] < sharp.scores["sharpness"]
+    assert not soft.passed
+    assert [reason.split(":")[0] for reason in soft.reasons] == ["blurry"]
+
+
+def test_more_blur_scores_lower(example):
+    scores = [assess_image(blurred(example, sigma)).sharpness for sigma in (0.5, 1.0, 2.0, 4.0)]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_sharpness_is_normalised_for_resolution(example):
+    """The same picture at 768 px and 1536 px measures (nearly) the same sharpness."""
+    large = cv2.resize(example, (1536, 1536), interpolation=cv2.INTER_CUBIC)
+    assert assess_image(large).sharpness == pytest.approx(assess_image(example).sharpness, rel=0.05)
+
+
+def test_tiny_image_fails_the_resolution_check(example):
+    tiny = cv2.resize(example, (64, 64), interpolation=cv2.INTER_AREA)
+    result = assess_image(tiny, QualityThresholds(min_side=256))
+    assert not result.passed
+    assert result.scores["resolution"] == 0.25
+    assert any(reason.startswith("too small: 64x64") for reason in result.reasons)
+
+
+def test_flat_grey_fails_contrast_and_sharpness():
+    result = assess_image(np.full((512, 512, 3), 0.5, np.float32))
+    assert result.contrast == pytest.approx(0.0, abs=1e-6)
+    assert result.scores["contrast"] == 0.0
+    assert {reason.split(":")[0] for reason in result.reasons} == {"blurry", "low contrast"}
+
+
+def test_exposure_clipping(example):
+    blown = np.clip(example * 3.0, 0, 1)
+    crushed = example * 0.003  # every pixel at or below 1/255
+    assert assess_image(blown).clipped_highlights > 0.5
+    assert any(r.startswith("overexposed") for r in assess_image(blown).reasons)
+    assert assess_image(crushed).clipped_shadows > 0.5
+    assert any(r.startswith("underexposed") for r in assess_image(crushed).reasons)
+    assert assess_image(example).scores["exposure"] > 0.85
+
+
+def test_batch_is_as_good_as_its_worst_image(example):
+    verdict = assess_batch(np.stack([example, blurred(example, 3.0)]))
+    assert not verdict["passed"]
+    assert verdict["score"] == min(image["score"] for image in verdict["images"])
+    assert verdict["reasons"][0].startswith("image 1: blurry")
+    assert len(verdict["images"]) == 2
+
+
+def test_empty_batch_fails_with_a_reason():
+    verdict = assess_batch(np.zeros((0, 64, 64, 3), np.float32))
+    assert verdict["passed"] is False and verdict["reasons"] == ["empty batch"]
+
+
+def test_grey_and_rgba_images_are_accepted(example):
+    grey = cv2.cvtColor(example, cv2.COLOR_RGB2GRAY)
+    rgba = np.concatenate([example, np.ones_like(example[..., :1])], axis=2)
+    assert assess_image(grey[..., None]).sharpness == pytest.approx(assess_image(example).sharpness, rel=1e-3)
+    assert assess_image(rgba).sharpness == pytest.approx(assess_image(example).sharpness, rel=1e-6)
+
+
+def test_invalid_thresholds_are_refused():
+    with pytest.raises(ValueError):
+        QualityThresholds(min_side=0)

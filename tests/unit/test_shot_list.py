@@ -1,0 +1,72 @@
+import json
+import zlib
+
+import pytest
+
+from controller.shot_list import ShotListError, load_shot_list, parse_shot_list
+
+
+def error_field(data) -> str:
+    with pytest.raises(ShotListError) as caught:
+        parse_shot_list(data)
+    return caught.value.field
+
+
+def test_full_list_with_defaults():
+    shots = parse_shot_list({
+        "defaults": {"size": "128x128", "steps": 2},
+        "shots": [
+            {"id": "s01", "prompt": "a girl on a rooftop", "seed": 7},
+            {"id": "s02", "prompt": "the same girl, close-up", "size": [256, 192], "negative": "blurry"},
+        ],
+    })
+    assert [(s.id, s.width, s.height, s.steps, s.seed) for s in shots] == [
+        ("s01", 128, 128, 2, 7), ("s02", 256, 192, 2, zlib.crc32(b"s02"))]
+    assert shots[1].negative == "blurry" and shots[0].negative == ""
+    assert shots[0].workflow == "shot_txt2img"
+
+
+def test_bare_list_and_size_mapping():
+    [shot] = parse_shot_list([{"id": 3, "prompt": "x", "size": {"width": 64, "height": 72}}])
+    assert (shot.id, shot.width, shot.height) == ("3", 64, 72)
+
+
+@pytest.mark.parametrize("data, field", [
+    ({"shots": [{"id": "a", "prompt": "x", "seed": "abc"}]}, "shots[0].seed"),
+    ({"shots": [{"id": "a", "prompt": "x", "seed": -1}]}, "shots[0].seed"),
+    ({"shots": [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": ""}]}, "shots[1].prompt"),
+    ({"shots": [{"id": "a", "prompt": "x", "size": "big"}]}, "shots[0].size"),
+    ({"shots": [{"id": "a", "prompt": "x", "size": "130x128"}]}, "shots[0].size.width"),
+    ({"shots": [{"id": "a", "prompt": "x", "size": [128, 16]}]}, "shots[0].size.height"),
+    ({"shots": [{"id": "../../etc", "prompt": "x"}]}, "shots[0].id"),
+    ({"shots": [{"prompt": "x"}]}, "shots[0].id"),
+    ({"shots": [{"id": "a", "prompt": "x", "workflow": "../secret"}]}, "shots[0].workflow"),
+    ({"shots": [{"id": "a", "prompt": "x", "sede": 1}]}, "shots[0].sede"),
+    ({"shots": [{"id": "a", "prompt": "x", "steps": 0}]}, "shots[0].steps"),
+    ({"shots": [{"id": "a", "prompt": "x", "cfg": "high"}]}, "shots[0].cfg"),
+    ({"shots": [{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}]}, "shots[1].id"),
+    ({"shots": []}, "shots"),
+    ({"shots": ["not a shot"]}, "shots[0]"),
+    ({"defaults": {"id": "x"}, "shots": [{"prompt": "x"}]}, "defaults.id"),
+    ({"scenes": []}, "shots"),
+])
+def test_malformed_lists_name_the_field(data, field):
+    assert error_field(data) == field
+
+
+def test_error_message_names_field_and_value():
+    with pytest.raises(ShotListError, match=r"^shots\[0\]\.seed: must be a whole number, got 'abc'$"):
+        parse_shot_list([{"id": "a", "prompt": "x", "seed": "abc"}])
+
+
+def test_files_yaml_json_and_unparseable(tmp_path):
+    (tmp_path / "list.yaml").write_text("shots:\n  - id: a\n    prompt: hello\n    size: 64x64\n")
+    (tmp_path / "list.json").write_text(json.dumps([{"id": "b", "prompt": "hi"}]))
+    (tmp_path / "bad.yaml").write_text("shots: [\n")
+    assert load_shot_list(tmp_path / "list.yaml")[0].width == 64
+    assert load_shot_list(tmp_path / "list.json")[0].id == "b"
+    with pytest.raises(ShotListError, match="not valid YAML") as caught:
+        load_shot_list(tmp_path / "bad.yaml")
+    assert caught.value.field == "file"
+    with pytest.raises(ShotListError, match="cannot read"):
+        load_shot_list(tmp_path / "missing.yaml")
