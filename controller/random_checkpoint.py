@@ -36,6 +36,26 @@ UNET_CONFIG = {
 }
 
 
+def initialise(module) -> None:
+    """Give every weight a real random value.
+
+    ComfyUI builds layers with `comfy.ops.disable_weight_init`, which skips initialisation for speed: weights
+    are whatever memory held, often NaN. Each layer is reset with torch's own default initialisation instead.
+    """
+    import torch
+    layers = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.GroupNorm,
+              torch.nn.LayerNorm, torch.nn.Embedding)
+    with torch.no_grad():
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            if tensor.is_floating_point():
+                tensor.zero_()
+        for layer in module.modules():
+            for kind in layers:
+                if isinstance(layer, kind):
+                    kind.reset_parameters(layer)
+                    break
+
+
 def build(comfyui: Path, output: Path, seed: int = 0) -> None:
     sys.path.insert(0, str(comfyui))
     import comfy.cli_args
@@ -51,7 +71,10 @@ def build(comfyui: Path, output: Path, seed: int = 0) -> None:
     model_config = comfy.supported_models.SD15(dict(UNET_CONFIG))
     model = model_config.get_model({}, device="cpu")
     clip = comfy.sd.CLIP(target=model_config.clip_target(), parameters=0)
-    vae_state = comfy.taesd.taesd.TAESD(latent_channels=4).state_dict()
+    vae = comfy.taesd.taesd.TAESD(latent_channels=4)
+    for module in (model, clip.cond_stage_model, vae):
+        initialise(module)
+    vae_state = vae.state_dict()
     state = model.state_dict_for_saving(clip.get_sd(), vae_state)
     state = {key: value.to(torch.float16).contiguous() if value.is_floating_point() else value.contiguous()
              for key, value in state.items()}

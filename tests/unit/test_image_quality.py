@@ -81,3 +81,13 @@ def test_grey_and_rgba_images_are_accepted(example):
 def test_invalid_thresholds_are_refused():
     with pytest.raises(ValueError):
         QualityThresholds(min_side=0)
+
+
+def test_nan_pixels_fail_with_a_reason_and_score_zero(example):
+    broken = example.copy()
+    broken[:384] = np.nan  # half the frame: what an fp16 overflow in the VAE leaves
+    result = assess_image(broken)
+    assert result.invalid_pixels == pytest.approx(0.5)
+    assert result.score == 0.0 and not result.passed
+    assert result.reasons[0].startswith("invalid pixels: 50.0%")
+    assert np.isfinite(result.sharpness) and np.isfinite(result.contrast)

@@ -38,6 +38,7 @@ class ImageQuality:
     contrast: float            # RMS contrast
     clipped_shadows: float     # share of pixels with luma <= 1/255
     clipped_highlights: float  # share of pixels with luma >= 254/255
+    invalid_pixels: float      # share of pixels with a NaN or infinite value (a failed decode)
     scores: dict[str, float]   # per check, 0..1
     score: float               # mean of the check scores, 0..1
     passed: bool
@@ -71,6 +72,12 @@ def laplacian_variance(grey: np.ndarray) -> float:
 
 
 def assess_image(image: np.ndarray, thresholds: QualityThresholds = QualityThresholds()) -> ImageQuality:
+    image = np.asarray(image, dtype=np.float32)
+    not_finite = ~np.isfinite(image)
+    invalid = 0.0
+    if not_finite.any():
+        invalid = float((not_finite.any(axis=-1) if image.ndim == 3 else not_finite).mean())
+        image = np.nan_to_num(image, nan=0.0, posinf=1.0, neginf=0.0)
     grey = np.clip(luma(image), 0.0, 1.0)
     height, width = grey.shape
     sharpness = laplacian_variance(grey)
@@ -89,6 +96,8 @@ def assess_image(image: np.ndarray, thresholds: QualityThresholds = QualityThres
         "resolution": min(1.0, shortest / float(thresholds.min_side)),
     }
     reasons = []
+    if invalid:
+        reasons.append(f"invalid pixels: {invalid:.1%} are NaN or infinite (a failed decode, e.g. fp16 overflow)")
     if sharpness < thresholds.min_sharpness:
         reasons.append(f"blurry: sharpness {sharpness:.1f} < {thresholds.min_sharpness:g}")
     if contrast < thresholds.min_contrast:
@@ -107,8 +116,9 @@ def assess_image(image: np.ndarray, thresholds: QualityThresholds = QualityThres
         contrast=contrast,
         clipped_shadows=shadows,
         clipped_highlights=highlights,
+        invalid_pixels=invalid,
         scores={name: round(value, 4) for name, value in scores.items()},
-        score=round(float(np.mean(list(scores.values()))), 4),
+        score=0.0 if invalid else round(float(np.mean(list(scores.values()))), 4),
         passed=not reasons,
         reasons=reasons,
     )

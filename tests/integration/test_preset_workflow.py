@@ -1,0 +1,36 @@
+"""The preset graph: its two formats agree, and it runs through the server with the random checkpoint."""
+import json
+from pathlib import Path
+
+import pytest
+from comfy_cli.workflow_to_api import convert_ui_to_api
+from PIL import Image
+
+from controller.presets import fill_preset, load_preset, preset_path
+from controller.settings import RANDOM_CHECKPOINT_NAME
+from controller.shot_list import parse_shot_list
+
+pytestmark = pytest.mark.integration
+PRESETS = sorted(path.stem for path in preset_path("x").parent.glob("*.json"))
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_api_format_is_the_editor_format_converted(comfy, name):
+    editor = json.loads(preset_path(name, api=False).read_text())
+    assert convert_ui_to_api(editor, comfy.get("/object_info")) == json.loads(preset_path(name).read_text())
+
+
+def test_preset_renders_with_random_checkpoint(comfy, comfy_server):
+    assert RANDOM_CHECKPOINT_NAME in comfy.get("/object_info/CheckpointLoaderSimple")[
+        "CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
+    shot = parse_shot_list([{"id": "p1", "prompt": "a red scarf", "size": "128x96", "steps": 2, "seed": 3}])[0]
+    graph, _ = fill_preset(load_preset("shot_txt2img"), shot, RANDOM_CHECKPOINT_NAME, "tests/preset")
+    entry = comfy.run(graph)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    [saved] = entry["outputs"]["9"]["images"]
+    with Image.open(Path(comfy_server.output_dir) / saved["subfolder"] / saved["filename"]) as image:
+        assert image.size == (128, 96)
+    [verdict] = entry["outputs"]["10"]["shotline_verdict"]
+    assert 0.0 <= verdict["score"] <= 1.0
+    assert verdict["images"][0]["width"] == 128 and verdict["images"][0]["height"] == 96
+    assert any("too small: 128x96" in reason for reason in verdict["reasons"])  # the preset asks for 512 px

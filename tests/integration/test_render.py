@@ -1,0 +1,128 @@
+"""`shotline render` end to end: shot list -> real ComfyUI -> rows in a real PostgreSQL."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+
+from controller.embedded_postgres_server import EmbeddedPostgres
+from controller.settings import PROJECT_ROOT
+from tests.conftest import public_temp_dir
+
+pytestmark = pytest.mark.integration
+SHOTLINE = Path(sys.executable).parent / "shotline"
+TWO_SHOTS = {
+    "defaults": {"size": "128x128", "steps": 2},
+    "shots": [{"id": "s01", "prompt": "a girl with silver hair", "seed": 1},
+              {"id": "s02", "prompt": "the same girl, close-up", "seed": 2, "size": "128x96"}],
+}
+
+
+def shotline(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SHOTLINE), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def write_list(path: Path, data) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def recorded(url: str) -> dict:
+    with psycopg.connect(url) as conn:
+        def rows(sql):
+            cursor = conn.execute(sql)
+            return [dict(zip([c.name for c in cursor.description], row)) for row in cursor.fetchall()]
+        return {
+            "shots": rows("SELECT * FROM shots ORDER BY position"),
+            "attempts": rows("SELECT a.*, s.shot_key FROM attempts a JOIN shots s ON s.id = a.shot_id "
+                             "ORDER BY s.position"),
+            "outputs": rows("SELECT o.*, s.shot_key FROM outputs o JOIN attempts a ON a.id = o.attempt_id "
+                            "JOIN shots s ON s.id = a.shot_id ORDER BY s.position"),
+            "verdicts": rows("SELECT v.*, s.shot_key FROM verdicts v JOIN attempts a ON a.id = v.attempt_id "
+                             "JOIN shots s ON s.id = a.shot_id ORDER BY s.position"),
+        }
+
+
+def test_render_two_shots_records_shots_attempts_outputs_verdicts(comfy, comfy_server, database_url, tmp_path):
+    result = shotline("render", write_list(tmp_path / "two.yaml", TWO_SHOTS), "--comfy", comfy.url,
+                      env={"DATABASE_URL": database_url})
+    assert result.returncode == 0, result.stderr
+    db = recorded(database_url)
+
+    assert [s["shot_key"] for s in db["shots"]] == ["s01", "s02"]
+    assert {s["status"] for s in db["shots"]} <= {"approved", "rejected"}
+    assert db["shots"][1]["params"]["height"] == 96
+    assert [a["shot_key"] for a in db["attempts"]] == ["s01", "s02"]
+    for attempt in db["attempts"]:
+        assert attempt["status"] == "succeeded" and attempt["error"] is None
+        assert attempt["backend"] == comfy.url and attempt["attempt_no"] == 1
+        assert attempt["started_at"] <= attempt["finished_at"]
+        assert attempt["inputs"]["Sampler.steps"] == 2
+        # our prompt_id is ComfyUI's: its history holds the same verdict we recorded
+        history = comfy.get(f"/history/{attempt['prompt_id']}")[str(attempt["prompt_id"])]
+        [verdict_row] = [v for v in db["verdicts"] if v["attempt_id"] == attempt["id"]]
+        [ui_verdict] = history["outputs"][verdict_row["node_id"]]["shotline_verdict"]
+        assert verdict_row["score"] == ui_verdict["score"]
+        assert verdict_row["passed"] == ui_verdict["passed"]
+        assert verdict_row["check_name"] == "quality"
+        shot = next(s for s in db["shots"] if s["id"] == attempt["shot_id"])
+        assert shot["status"] == ("approved" if ui_verdict["passed"] else "rejected")
+
+    assert [o["shot_key"] for o in db["outputs"]] == ["s01", "s02"]
+    for output in db["outputs"]:
+        assert output["kind"] == "images" and output["folder_type"] == "output"
+        assert (comfy_server.output_dir / output["subfolder"] / output["filename"]).is_file()
+    assert "s01" in result.stdout and "s02" in result.stdout  # the summary table
+
+
+def test_malformed_shot_list_is_a_clear_error(tmp_path):
+    bad = {"shots": [{"id": "s01", "prompt": "x"}, {"id": "s02", "prompt": "y", "seed": "soon"}]}
+    result = shotline("render", write_list(tmp_path / "bad.yaml", bad), "--comfy", "http://127.0.0.1:9")
+    assert result.returncode == 2
+    assert "shots[1].seed: must be a whole number, got 'soon'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_comfy_leaves_no_shot_lost(database_url, tmp_path):
+    result = shotline("render", write_list(tmp_path / "two.yaml", TWO_SHOTS), "--comfy", "http://127.0.0.1:9",
+                      env={"DATABASE_URL": database_url})
+    assert result.returncode == 1
+    assert "error:" in result.stderr and "Traceback" not in result.stderr
+    db = recorded(database_url)
+    assert db["shots"] == []  # refused before anything was queued: nothing half-recorded
+
+
+def test_render_on_embedded_defaults(settings, model_cache, tmp_path):
+    """The README's main job: no --comfy and no DATABASE_URL, so it starts ComfyUI and PostgreSQL itself."""
+    home = public_temp_dir("shotline-home-")
+    recorded_install = json.loads((settings.state_dir / "install.json").read_text())
+    extra_paths = home / "extra_model_paths.yaml"
+    extra_paths.write_text(f"shotline_tests:\n    base_path: {model_cache}\n    checkpoints: checkpoints\n")
+    (home / "install.json").write_text(json.dumps({**recorded_install, "extra_model_paths": str(extra_paths)}))
+    env = {"SHOTLINE_HOME": str(home)}
+    env.pop("DATABASE_URL", None)
+    started = time.monotonic()
+    result = subprocess.run([str(SHOTLINE), "render", str(write_list(tmp_path / "two.yaml", TWO_SHOTS))],
+                            capture_output=True, text=True, timeout=300,
+                            env={k: v for k, v in {**os.environ, **env}.items() if k != "DATABASE_URL"})
+    elapsed = time.monotonic() - started
+    print(f"\ntwo-shot render on embedded defaults: {elapsed:.1f} s")
+    assert result.returncode == 0, result.stderr
+    assert "ComfyUI ready" in result.stdout
+
+    server = EmbeddedPostgres(home / "pgdata")  # the CLI stopped the server it started; read what it left
+    assert not server.is_running()
+    server.start()
+    try:
+        db = recorded(server.url)
+    finally:
+        server.stop()
+    assert [s["shot_key"] for s in db["shots"]] == ["s01", "s02"]
+    assert len(db["attempts"]) == 2 and len(db["outputs"]) == 2 and len(db["verdicts"]) == 2
+    assert all(a["status"] == "succeeded" for a in db["attempts"])
