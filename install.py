@@ -20,8 +20,12 @@ import time
 import zipfile
 from pathlib import Path
 
+if sys.version_info < (3, 11):
+    sys.exit("install.py needs Python 3.11 or newer (run it with python3.11 or later)")
+
 ROOT = Path(__file__).resolve().parent
-STATE_DIR = ROOT / ".shotline"             # everything generated lives here, ignored by git
+# everything generated lives here, ignored by git; SHOTLINE_HOME moves it (the controller reads the same variable)
+STATE_DIR = Path(os.environ.get("SHOTLINE_HOME", ROOT / ".shotline")).resolve()
 STATE_FILE = STATE_DIR / "install.json"
 VENV_DIR = ROOT / ".venv"
 MANAGED_COMFYUI_DIR = STATE_DIR / "comfyui"

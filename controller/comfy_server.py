@@ -1,9 +1,13 @@
 """Start a local ComfyUI server as a child process and wait until it answers."""
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +21,16 @@ class ComfyStartError(RuntimeError):
     pass
 
 
+def default_device_args() -> list[str]:
+    """`--cpu` unless a GPU is there: ComfyUI will not start on a machine without one otherwise.
+
+    SHOTLINE_COMFYUI_ARGS replaces this choice (e.g. "--lowvram" or "--cuda-device 1").
+    """
+    if "SHOTLINE_COMFYUI_ARGS" in os.environ:
+        return shlex.split(os.environ["SHOTLINE_COMFYUI_ARGS"])
+    return [] if shutil.which("nvidia-smi") or sys.platform == "darwin" else ["--cpu"]
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -26,7 +40,7 @@ def free_port() -> int:
 class LocalComfyServer:
     def __init__(self, comfyui_dir: Path, python: Path, log_path: Path, port: int | None = None,
                  extra_model_paths: Path | None = None, input_dir: Path | None = None,
-                 output_dir: Path | None = None, extra_args: tuple[str, ...] = ()):
+                 output_dir: Path | None = None):
         if not (Path(comfyui_dir) / "main.py").exists():
             raise ComfyStartError(f"no ComfyUI at {comfyui_dir}: run `python3 install.py` or pass --comfy URL")
         self.comfyui_dir = Path(comfyui_dir)
@@ -34,8 +48,8 @@ class LocalComfyServer:
         self.log_path = Path(log_path)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [str(self.python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-                        "--disable-auto-launch", *extra_args]
+        self.command = [str(self.python), "main.py", "--listen", "127.0.0.1", "--port", str(self.port),
+                        "--disable-auto-launch", *default_device_args()]
         if extra_model_paths:
             self.command += ["--extra-model-paths-config", str(extra_model_paths)]
         if input_dir:
