@@ -87,10 +87,9 @@ def assess_image(image: np.ndarray, thresholds: QualityThresholds = QualityThres
     highlights = float(np.count_nonzero(grey >= 254.0 / 255.0) / grey.size)
     shortest = min(height, width)
 
-    # Scores map each measurement to 0..1 so that the threshold sits at a known point:
-    # sharpness saturates (0.5 at the threshold), the others are linear up to twice the threshold.
+    # Each score is linear in its measurement, 0.5 at the threshold and 1 from twice the threshold on.
     scores = {
-        "sharpness": sharpness / (sharpness + thresholds.min_sharpness),
+        "sharpness": min(1.0, sharpness / (2.0 * thresholds.min_sharpness)),
         "contrast": min(1.0, contrast / (2.0 * thresholds.min_contrast)),
         "exposure": max(0.0, 1.0 - max(shadows, highlights) / (2.0 * thresholds.max_clipped)),
         "resolution": min(1.0, shortest / float(thresholds.min_side)),
