@@ -69,7 +69,14 @@ def collect_results(history_outputs: dict) -> tuple[list[dict], list[dict]]:
     return files, verdicts
 
 
+BAND_STATUS = {"approve": "approved", "review": "needs_review", "reject": "rejected"}
+
+
 def shot_status(verdicts: list[dict]) -> str:
+    """A ShotVerdict node's band decides (the worst band if several); without one, every check must pass."""
+    bands = [verdict["band"] for verdict in verdicts if verdict.get("check") == "shot"]
+    if bands:
+        return next(BAND_STATUS[band] for band in ("reject", "review", "approve") if band in bands)
     return "approved" if verdicts and all(verdict["passed"] for verdict in verdicts) else "rejected"
 
 

@@ -3,10 +3,12 @@ from typing_extensions import override
 
 from comfy_api.latest import ComfyExtension, io
 
+from .character_library import LoadCharacter
 from .quality_score import ShotQualityScore
+from .shot_verdict import ShotVerdict
 
 
 class ShotlineExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [ShotQualityScore]
+        return [ShotQualityScore, ShotVerdict, LoadCharacter]

@@ -34,3 +34,4 @@ def test_missing_titled_node_is_named():
 def test_unknown_preset_lists_the_available_ones():
     with pytest.raises(PresetError, match=r"no preset 'nope'.*available: .*shot_txt2img"):
         load_preset("nope")
+

@@ -61,3 +61,12 @@ def test_no_checks_and_bad_thresholds():
     assert decide_band(None)["band"] == "reject"
     with pytest.raises(ValueError):
         BandThresholds(approve_at=0.3, reject_below=0.5)
+
+
+def test_a_characters_own_threshold_overrides_the_default():
+    lenient = {"check": "identity", "score": 0.72, "passed": True, "reasons": [],
+               "characters": {"Aiko": {"score": 0.72, "threshold": 0.7}}}
+    assert decide_band(quality(1.0), lenient, thresholds=BandThresholds(approve_at=0.8))["band"] == "approve"
+    strict = {**lenient, "characters": {"Aiko": {"score": 0.78, "threshold": 0.8}}, "score": 0.78}
+    verdict = decide_band(quality(1.0), strict, thresholds=BandThresholds(approve_at=0.8))
+    assert verdict["band"] == "review" and "identity: low identity: Aiko 0.78 < 0.8" in verdict["reasons"]

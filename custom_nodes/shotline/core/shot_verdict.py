@@ -32,10 +32,13 @@ class BandThresholds:
             raise ValueError(f"band thresholds must lie in 0..1 with reject_below <= approve_at: {self}")
 
 
-def character_scores(identity: dict) -> dict[str, float]:
-    """Per-character identity scores from an identity verdict ({"characters": {name: {"score": ...}}})."""
-    return {name: float(result["score"]) for name, result in identity.get("characters", {}).items()
-            if result.get("score") is not None}
+def character_scores(identity: dict, default_threshold: float) -> dict[str, tuple[float, float]]:
+    """(score, threshold) per character from an identity verdict ({"characters": {name: {"score", "threshold"}}}).
+
+    A character's own threshold (from its sheet) overrides the default.
+    """
+    return {name: (float(result["score"]), float(result.get("threshold") or default_threshold))
+            for name, result in identity.get("characters", {}).items() if result.get("score") is not None}
 
 
 def decide_band(quality: dict | None, identity: dict | None = None, temporal: dict | None = None,
@@ -49,13 +52,13 @@ def decide_band(quality: dict | None, identity: dict | None = None, temporal: di
     overall = sum(CHECK_WEIGHTS[name] * float(verdict["score"]) for name, verdict in checks.items()) / weight
     reasons = [f"{name}: {reason}" for name, verdict in checks.items() for reason in verdict.get("reasons", [])]
 
-    per_character = character_scores(identity) if identity else {}
+    per_character = character_scores(identity, thresholds.identity_pass) if identity else {}
     identity_ok = identity is None or (identity.get("passed", False)
-                                       and all(score >= thresholds.identity_pass for score in per_character.values()))
+                                       and all(score >= limit for score, limit in per_character.values()))
     if identity is not None:
-        for name, score in per_character.items():
-            if score < thresholds.identity_pass and not any(name in reason for reason in identity.get("reasons", [])):
-                reasons.append(f"identity: low identity: {name} {score:.2f} < {thresholds.identity_pass:g}")
+        for name, (score, limit) in per_character.items():
+            if score < limit and not any(name in reason for reason in identity.get("reasons", [])):
+                reasons.append(f"identity: low identity: {name} {score:.2f} < {limit:g}")
     hard_failure = identity is not None and any(
         marker in reason for reason in identity.get("reasons", []) for marker in HARD_IDENTITY_FAILURES)
     all_passed = identity_ok and all(verdict.get("passed", False) for name, verdict in checks.items()
@@ -71,7 +74,8 @@ def decide_band(quality: dict | None, identity: dict | None = None, temporal: di
         band = "review"
         if all_passed:
             reasons.append(f"overall {overall:.3f} < approve_at {thresholds.approve_at:g}")
-    golden = band == "approve" and bool(per_character) and min(per_character.values()) >= thresholds.golden_at
+    golden = band == "approve" and bool(per_character) and all(
+        score >= thresholds.golden_at for score, _ in per_character.values())
     return {
         "check": "shot",
         "band": band,

@@ -1,0 +1,58 @@
+"""LoadCharacter and ShotVerdict inside the real ComfyUI server."""
+import shutil
+
+import pytest
+
+from shotline.core.characters import parse_sheet, write_character
+from tests.integration.test_comfy_pack import quality_graph, save_png
+from tests.images import blurred, comfy_example_image
+
+pytestmark = pytest.mark.integration
+
+
+def test_character_from_an_extra_model_paths_library(comfy, comfy_server):
+    sheet = parse_sheet({"name": "Aiko", "style": "anime", "design_prompt": "Aiko, silver bob, red scarf",
+                         "negative_prompt": "blue eyes"})
+    write_character(comfy_server.characters_dir, "aiko", sheet, {"front.png": b"not read by this node"})
+    options = comfy.get("/object_info/ShotlineLoadCharacter")["ShotlineLoadCharacter"]["input"]["required"][
+        "character"]
+    assert "aiko" in (options[1]["options"] if options[0] == "COMBO" else options[0])
+    graph = {
+        "1": {"class_type": "ShotlineLoadCharacter", "inputs": {"character": "aiko"}},
+        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}},
+        "3": {"class_type": "PreviewAny", "inputs": {"source": ["1", 2]}},
+    }
+    entry = comfy.run(graph)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert entry["outputs"]["2"]["text"] == ["Aiko, silver bob, red scarf"]
+    assert entry["outputs"]["3"]["text"] == ["blue eyes"]
+
+
+def test_missing_character_is_a_validation_error(comfy):
+    import json
+    import urllib.error
+    import urllib.request
+    body = json.dumps({"prompt": {"1": {"class_type": "ShotlineLoadCharacter", "inputs": {"character": "nobody"}},
+                                  "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}}}}).encode()
+    request = urllib.request.Request(comfy.url + "/prompt", data=body, headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=30)
+    assert caught.value.code == 400
+    assert "nobody" in caught.value.read().decode()
+
+
+@pytest.mark.parametrize("picture, band", [("sharp", "approve"), ("soft", "review")])
+def test_shot_verdict_bands_a_quality_verdict(comfy, comfy_server, picture, band):
+    example = comfy_example_image()
+    save_png(example if picture == "sharp" else blurred(example, 1.2), comfy_server.input_dir / f"{picture}.png")
+    graph = quality_graph(f"{picture}.png")
+    graph["3"] = {"class_type": "ShotVerdict", "inputs": {
+        "image": ["2", 0], "quality_verdict": ["2", 3], "approve_at": 0.85, "reject_below": 0.4,
+        "identity_pass": 0.75, "golden_at": 0.85}}
+    entry = comfy.run(graph)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    [verdict] = entry["outputs"]["3"]["shotline_verdict"]
+    [quality] = entry["outputs"]["2"]["shotline_verdict"]
+    assert verdict["check"] == "shot" and verdict["band"] == band
+    assert verdict["score"] == pytest.approx(quality["score"], abs=1e-4)  # quality is the only check here
+    assert verdict["golden"] is False  # no identity check, so never golden

@@ -1,0 +1,20 @@
+from controller.render import collect_results, shot_status
+
+
+def test_shot_status_follows_the_worst_band_or_every_check():
+    quality_ok = {"check": "quality", "passed": True}
+    quality_bad = {"check": "quality", "passed": False}
+    assert shot_status([quality_ok]) == "approved"
+    assert shot_status([quality_ok, quality_bad]) == "rejected"
+    assert shot_status([]) == "rejected"
+    assert shot_status([quality_bad, {"check": "shot", "band": "review", "passed": False}]) == "needs_review"
+    assert shot_status([{"check": "shot", "band": "approve"}, {"check": "shot", "band": "reject"}]) == "rejected"
+
+
+def test_collect_results_reads_files_and_verdicts_from_history_outputs():
+    outputs = {"9": {"images": [{"filename": "a.png", "subfolder": "s", "type": "output"}]},
+               "10": {"shotline_verdict": [{"check": "quality", "score": 0.5, "passed": False}],
+                      "text": ["not a file"]}}
+    files, verdicts = collect_results(outputs)
+    assert files == [{"node_id": "9", "kind": "images", "filename": "a.png", "subfolder": "s", "type": "output"}]
+    assert verdicts == [{"check": "quality", "score": 0.5, "passed": False, "node_id": "10"}]
