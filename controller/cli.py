@@ -10,7 +10,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+import yaml
 from psycopg_pool import AsyncConnectionPool
+from shotline.core.characters import CharacterSheetError, parse_sheet, write_character
 from tqdm import tqdm
 
 from .comfy_client import ComfyClient, ComfyUnavailable
@@ -99,18 +101,60 @@ async def render_command(args) -> int:
     return 1 if any(row["status"] == "failed" for row in rows) else 0
 
 
+def character_library(settings: Settings, library: Path | None) -> Path:
+    if library:
+        return library
+    if not settings.comfyui_dir:
+        raise CharacterSheetError("library", "no ComfyUI configured: pass --library PATH or run install.py")
+    return settings.comfyui_dir / "models" / "shotline_characters"
+
+
+async def character_put_command(args) -> int:
+    """Create or update a character in the library from a sheet and reference images, and record it."""
+    settings = load_settings()
+    try:
+        data = yaml.safe_load(args.sheet.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise CharacterSheetError("sheet", f"cannot read {args.sheet}: {error}") from None
+    sheet = parse_sheet(data)
+    references = {}
+    for path in args.reference:
+        try:
+            references[path.name] = path.read_bytes()
+        except OSError as error:
+            raise CharacterSheetError(f"references.{path.name}", f"cannot read {path}: {error.strerror}") from None
+    character = write_character(character_library(settings, args.library), args.folder, sheet, references)
+    async with open_database(settings) as pool:
+        character_id = await ShotStore(pool).put_character(character)
+    print(f"character {character.name!r} ({character_id}) in {character.folder}: "
+          f"{len(character.references)} reference image(s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="shotline", description="Render shot lists through ComfyUI.")
     commands = parser.add_subparsers(dest="command", required=True)
     render = commands.add_parser("render", help="render a shot list (YAML or JSON) and record it in PostgreSQL")
     render.add_argument("file", type=Path)
     render.add_argument("--comfy", metavar="URL", help="a running ComfyUI server (default: start the local one)")
+    character = commands.add_parser("character", help="manage the character library")
+    character_commands = character.add_subparsers(dest="character_command", required=True)
+    put = character_commands.add_parser("put", help="create or update a character: sheet + reference images")
+    put.add_argument("folder", help="folder name in the library, e.g. aiko")
+    put.add_argument("--sheet", type=Path, required=True, help="character.yaml to use")
+    put.add_argument("--reference", type=Path, action="append", default=[], help="a reference image (repeat)")
+    put.add_argument("--library", type=Path, help="library folder (default: ComfyUI's models/shotline_characters)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "character":
+            return asyncio.run(character_put_command(args))
         return asyncio.run(render_command(args))
     except ShotListError as error:
         print(f"error: {args.file}: {error}", file=sys.stderr)
+        return 2
+    except CharacterSheetError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     except (PresetError, RenderError, ComfyStartError, ComfyUnavailable, EmbeddedPostgresError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """Shots, attempts, outputs and verdicts in PostgreSQL, and the migrations that shape the tables."""
 from __future__ import annotations
 
+import hashlib
 import uuid
 from pathlib import Path
 
@@ -73,10 +74,20 @@ class ShotStore:
                     "VALUES (%s, %s, %s, %s, %s, %s)",
                     [(attempt_id, o["node_id"], o["kind"], o["filename"], o["subfolder"], o["type"])
                      for o in outputs])
-                await cursor.executemany(
-                    "INSERT INTO verdicts (attempt_id, node_id, check_name, score, passed, details) "
-                    "VALUES (%s, %s, %s, %s, %s, %s)",
-                    [(attempt_id, v["node_id"], v["check"], v["score"], v["passed"], Jsonb(v)) for v in verdicts])
+                for verdict in verdicts:
+                    await cursor.execute(
+                        "INSERT INTO verdicts (attempt_id, node_id, check_name, score, passed, details) "
+                        "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                        (attempt_id, verdict["node_id"], verdict["check"], verdict["score"], verdict["passed"],
+                         Jsonb(verdict)))
+                    verdict_id = (await cursor.fetchone())[0]
+                    # identity verdicts carry a result per character: kept as rows for analytics
+                    await cursor.executemany(
+                        "INSERT INTO character_scores (verdict_id, attempt_id, character_name, score, threshold, "
+                        "passed, details) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                        [(verdict_id, attempt_id, name, result.get("score"), result.get("threshold"),
+                          bool(result.get("passed")), Jsonb(result))
+                         for name, result in verdict.get("characters", {}).items()])
             await conn.execute("UPDATE shots SET status = %s, updated_at = now() WHERE id = %s",
                                (shot_status, shot_id))
 
@@ -92,3 +103,21 @@ class ShotStore:
                 "GROUP BY s.id ORDER BY s.position", (batch_id,))
             return [dict(zip(("shot", "status", "attempts", "score", "output"), row))
                     for row in await cursor.fetchall()]
+
+    async def put_character(self, character) -> uuid.UUID:
+        """Record a character (a core.characters.Character) and its references; returns its id."""
+        async with self.pool.connection() as conn, conn.transaction():
+            character_id = (await (await conn.execute(
+                "INSERT INTO characters (folder, name, style, sheet) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (folder) DO UPDATE SET name = excluded.name, style = excluded.style, "
+                "sheet = excluded.sheet, updated_at = now() RETURNING id",
+                (character.folder.name, character.name, character.sheet.style,
+                 Jsonb(character.sheet.as_dict())))).fetchone())[0]
+            await conn.execute("DELETE FROM character_references WHERE character_id = %s", (character_id,))
+            async with conn.cursor() as cursor:
+                await cursor.executemany(
+                    "INSERT INTO character_references (character_id, file_name, sha256, size_bytes) "
+                    "VALUES (%s, %s, %s, %s)",
+                    [(character_id, path.name, hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size)
+                     for path in character.references])
+        return character_id

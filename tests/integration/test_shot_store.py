@@ -50,3 +50,26 @@ def test_attempt_numbers_and_constraints(database_url):
                 (shot_id,))).fetchall()
 
     assert asyncio.run(with_pool(database_url, work)) == [(1, "failed"), (2, "running")]
+
+
+def test_identity_verdicts_are_kept_per_character(database_url):
+    shots = parse_shot_list([{"id": "a", "prompt": "x"}])
+    identity = {"node_id": "7", "check": "identity", "score": 0.62, "passed": False,
+                "reasons": ["low identity: Ren 0.62 < 0.75"],
+                "characters": {"Aiko": {"score": 0.91, "threshold": 0.8, "passed": True},
+                               "Ren": {"score": 0.62, "threshold": 0.75, "passed": False},
+                               "Kai": {"score": None, "threshold": 0.75, "passed": False}}}
+
+    async def work(pool):
+        await apply_migrations(pool)
+        store = ShotStore(pool)
+        _, [shot_id] = await store.create_batch("test", shots)
+        attempt = await store.start_attempt(shot_id, "00000000-0000-0000-0000-00000000000a", "http://b", {})
+        await store.finish_attempt(attempt, shot_id, "needs_review", [], [identity])
+        async with pool.connection() as conn:
+            return await (await conn.execute(
+                "SELECT character_name, score, threshold, passed FROM character_scores ORDER BY character_name"
+            )).fetchall()
+
+    assert asyncio.run(with_pool(database_url, work)) == [
+        ("Aiko", 0.91, 0.8, True), ("Kai", None, 0.75, False), ("Ren", 0.62, 0.75, False)]
