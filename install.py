@@ -237,6 +237,7 @@ def main() -> int:
         if managed:
             install_managed_comfyui(python)
         pip_install(comfy_python, pack_requirements, protect=True)
+        pip_install(comfy_python, ["--no-deps", *project["tool"]["shotline"]["no-deps"]], protect=True)
         pip_install(python, ["-e", f"{ROOT}[controller,test]"], protect=True)
         state = {"stamp": stamp}
     else:

@@ -108,6 +108,7 @@ class DlibEmbedder:
         predictor = require_model(folder / "shape_predictor_5_face_landmarks.dat", "dlib")
         resnet = require_model(folder / "dlib_face_recognition_resnet_model_v1.dat", "dlib")
         self._dlib = dlib
+        self.model_path = str(resnet)
         self.shape_predictor = dlib.shape_predictor(str(predictor))
         self.resnet = dlib.face_recognition_model_v1(str(resnet))
         self.num_jitters = num_jitters
@@ -142,6 +143,7 @@ class ArcFaceEmbedder:
         if model is None or getattr(model, "taskname", None) != "recognition":
             raise ValueError(f"{path} is not an InsightFace recognition model (got {type(model).__name__})")
         self.model = model
+        self.model_path = str(path)
         self.size = int(model.input_size[0])
         self.dim = int(model.output_shape[-1]) if isinstance(model.output_shape[-1], int) else None
 
@@ -175,6 +177,7 @@ class AnimeEmbedder:
         import onnxruntime
 
         self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.model_path = str(path)
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         size = model_input.shape[2] if len(model_input.shape) == 4 else None

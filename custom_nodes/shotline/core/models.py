@@ -12,8 +12,8 @@ from pathlib import Path
 # download serves them all).
 MODEL_FOLDERS = {
     "insightface": "ComfyUI/models/insightface/models/buffalo_l/",  # det_10g.onnx, w600k_r50.onnx
-    "anime_face": "ComfyUI/models/shotline/anime_face/",            # YOLOv8 single-class face detector, ONNX
-    "ccip": "ComfyUI/models/shotline/ccip/",                        # CCIP feature extractor (model_feat.onnx)
+    "anime_face": "ComfyUI/models/anime_face_detectors/",  # YOLOv8 single-class face detector, ONNX
+    "ccip": "ComfyUI/models/character_embedders/",         # CCIP feature extractor (model_feat.onnx)
     "dlib": "the face_recognition_models package: pip install face_recognition_models",
 }
 

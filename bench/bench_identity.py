@@ -1,0 +1,150 @@
+"""Speed of the identity pipeline on one CPU core, printed as a table; `--calibrate` re-measures dlib's constants.
+
+    .venv/bin/python bench/bench_identity.py [--repeat 5] [--calibrate]
+
+Images: InsightFace's t1.jpg (six people, shipped in the insightface wheel) and ComfyUI's template pictures
+(comfyui-workflow-templates-media-image). Targets: quality <= 5 ms, MTCNN <= 250 ms per 512 px image,
+dlib <= 80 ms per face, a 20-reference gallery from the cache <= 50 ms.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import itertools
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "custom_nodes")]
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from shotline.core.face_embedding import load_embedder  # noqa: E402
+from shotline.core.faces import load_detector  # noqa: E402
+from shotline.core.gallery_cache import GalleryCache, backend_key, reference_embedder  # noqa: E402
+from shotline.core.identity import CALIBRATIONS, calibrate  # noqa: E402
+from shotline.core.image_quality import assess_image  # noqa: E402
+
+
+def package_file(package: str, *parts: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None:
+        sys.exit(f"{package} is not installed")
+    return Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+
+
+def read_rgb(path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+
+
+def template(name: str) -> np.ndarray:
+    return read_rgb(package_file("comfyui_workflow_templates_media_image", "templates", f"{name}.webp"))
+
+
+def best_ms(function, repeat: int) -> float:
+    function()  # warm-up
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times) * 1000
+
+
+def bench(repeat: int):
+    t1 = read_rgb(package_file("insightface", "data", "images", "t1.jpg"))
+    image512 = cv2.resize(t1, (512, round(512 * t1.shape[0] / t1.shape[1])), interpolation=cv2.INTER_AREA)
+    detector, embedder = load_detector("mtcnn"), load_embedder("dlib")
+    faces = detector.detect(image512)
+    rows = [("quality check (assess_image), 512 px", best_ms(lambda: assess_image(image512), repeat * 4), 5.0, "image")]
+    rows.append((f"MTCNN detection, 512x{image512.shape[0]} ({len(faces)} faces)",
+                 best_ms(lambda: detector.detect(image512), repeat), 250.0, "image"))
+    rows.append(("dlib embedding", best_ms(lambda: [embedder.embed(image512, f) for f in faces], repeat) / len(faces),
+                 80.0, "face"))
+    with tempfile.TemporaryDirectory() as folder:
+        references = Path(folder) / "refs"
+        references.mkdir()
+        full_faces = detector.detect(t1)
+        for index in range(20):  # 20 references: crops of the six people, varied in size and JPEG quality
+            face = full_faces[index % len(full_faces)]
+            x0, y0, x1, y1 = (int(v) for v in face.box)
+            pad = (x1 - x0) // 2 + index
+            crop = t1[max(0, y0 - pad):y1 + pad, max(0, x0 - pad):x1 + pad]
+            cv2.imwrite(str(references / f"ref_{index:02d}.jpg"),
+                        cv2.cvtColor((crop * 255).astype(np.uint8), cv2.COLOR_RGB2BGR),
+                        [cv2.IMWRITE_JPEG_QUALITY, 70 + index])
+        paths = sorted(references.glob("*.jpg"))
+        key, embed = backend_key(detector, embedder), reference_embedder(detector, embedder)
+        start = time.perf_counter()
+        GalleryCache(Path(folder) / "cache").gallery(paths, key, embed)
+        first = (time.perf_counter() - start) * 1000
+        cached = best_ms(lambda: GalleryCache(Path(folder) / "cache").gallery(paths, key, embed), repeat)
+    rows.append(("20-reference gallery, first build (detect + embed)", first, None, "gallery"))
+    rows.append(("20-reference gallery from the on-disk cache", cached, 50.0, "gallery"))
+
+    print(f"{'step':<56} {'ms':>9} {'per':>8} {'target':>8}  ok")
+    for name, ms, target, unit in rows:
+        ok = "" if target is None else ("yes" if ms <= target else "NO")
+        print(f"{name:<56} {ms:9.1f} {unit:>8} {'' if target is None else f'{target:.0f}':>8}  {ok}")
+
+
+def measure_dlib():
+    """Genuine and impostor distances (unit-norm dlib vectors) and the fitted calibration."""
+    detector, embedder = load_detector("mtcnn"), load_embedder("dlib")
+
+    def embed_all(image):
+        return [embedder.embed(image, face) for face in detector.detect(image)]
+
+    def largest(image):
+        faces = detector.detect(image)
+        return embedder.embed(image, max(faces, key=lambda f: f.width * f.height))
+
+    t1 = read_rgb(package_file("insightface", "data", "images", "t1.jpg"))
+    people = embed_all(t1)
+    bgr = cv2.cvtColor((t1 * 255 + 0.5).astype(np.uint8), cv2.COLOR_RGB2BGR)
+    jpeg40 = cv2.cvtColor(cv2.imdecode(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 40])[1], 1),
+                          cv2.COLOR_BGR2RGB).astype(np.float32) / 255
+    copies = {"jpeg q40": embed_all(jpeg40), "mirrored": embed_all(np.ascontiguousarray(t1[:, ::-1]))[::-1],
+              "0.6x": embed_all(cv2.resize(t1, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA))}
+    distance = lambda a, b: float(np.linalg.norm(a - b))  # noqa: E731
+    genuine = {name: [distance(a, b) for a, b in zip(people, copy)] for name, copy in copies.items()}
+    pairs = [("flux1_dev_uso_reference_image_gen-1", "flux1_dev_uso_reference_image_gen-2"),
+             ("image_flux2-1", "image_flux2-2"), ("flux_fill_inpaint_example-1", "flux_fill_inpaint_example-2")]
+    genuine["same person, two generated pictures"] = [distance(largest(template(a)), largest(template(b)))
+                                                      for a, b in pairs]
+    hanks = largest(read_rgb(package_file("insightface", "data", "images", "Tom_Hanks_54745.png")))
+    women = [largest(template(name)) for name in ("flux1_dev_uso_reference_image_gen-1", "image_flux2-1",
+                                                  "flux_fill_inpaint_example-1", "flux1_krea_dev-1",
+                                                  "flux_dev_checkpoint_example-1")]
+    impostor = {"t1 people pairs": [distance(a, b) for a, b in itertools.combinations(people, 2)],
+                "Tom Hanks vs t1 people": [distance(hanks, p) for p in people],
+                "different generated women": [distance(a, b) for a, b in itertools.combinations(women, 2)]}
+    for title, groups in (("genuine", genuine), ("impostor", impostor)):
+        for name, values in groups.items():
+            print(f"{title:<9} {name:<38} n={len(values):<3} {min(values):.3f}-{max(values):.3f} "
+                  f"mean {np.mean(values):.3f}")
+    fitted = calibrate([v for vs in genuine.values() for v in vs], [v for vs in impostor.values() for v in vs],
+                       metric="euclidean", backend="dlib")
+    print(f"fitted: boundary {fitted.boundary:.3f}, slope {fitted.slope:.1f}; "
+          f"built in: boundary {CALIBRATIONS['dlib'].boundary}, slope {CALIBRATIONS['dlib'].slope}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--calibrate", action="store_true", help="measure dlib's genuine/impostor distances")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    if args.calibrate:
+        measure_dlib()
+    else:
+        bench(args.repeat)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Face detection on real photos and generated images, and the ONNX detector path with a model the test exports."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from shotline.core.faces import AnimeFaceDetector, Face, InsightFaceDetector, letterbox, load_detector
+from shotline.core.models import ModelMissingError
+
+TEMPLATES = "comfyui_workflow_templates_media_image"
+
+
+def package_file(package: str, *parts: str) -> Path:
+    """A data file shipped inside an installed package (no network: the wheels carry these images)."""
+    import importlib.util
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip(f"{package} is not installed")
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+    assert path.is_file(), path
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def _read(path: str) -> np.ndarray:
+    image = cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+    image.setflags(write=False)
+    return image
+
+
+def read_rgb(path) -> np.ndarray:
+    """An image file as (H, W, 3) float RGB in 0..1 (read-only, cached)."""
+    return _read(str(path))
+
+
+def t1_photo() -> np.ndarray:
+    """InsightFace's t1.jpg: six people in a row."""
+    return read_rgb(package_file("insightface", "data", "images", "t1.jpg"))
+
+
+def hanks_photo() -> np.ndarray:
+    return read_rgb(package_file("insightface", "data", "images", "Tom_Hanks_54745.png"))
+
+
+def template_image(name: str) -> np.ndarray:
+    """A picture from ComfyUI's workflow templates (generated images: portraits, anime, landscapes)."""
+    return read_rgb(package_file(TEMPLATES, "templates", f"{name}.webp"))
+
+
+def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    bgr = cv2.cvtColor((image * 255 + 0.5).astype(np.uint8), cv2.COLOR_RGB2BGR)
+    _, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+
+
+@pytest.fixture(scope="module")
+def mtcnn():
+    return load_detector("mtcnn")
+
+
+def test_mtcnn_finds_the_six_people_in_t1(mtcnn):
+    faces = mtcnn.detect(t1_photo())
+    assert len(faces) == 6
+    assert all(face.score > 0.95 for face in faces)
+    centres = [(face.box[0] + face.box[2]) / 2 for face in faces]
+    assert centres == sorted(centres)  # left to right
+    for face in faces:
+        assert 50 < face.width < 200 and 50 < face.height < 250
+        landmarks = face.landmarks
+        assert landmarks.shape == (5, 2)
+        x0, y0, x1, y1 = face.box
+        assert ((landmarks[:, 0] > x0) & (landmarks[:, 0] < x1) & (landmarks[:, 1] > y0) & (landmarks[:, 1] < y1)).all()
+        left_eye, right_eye, nose, mouth_left, mouth_right = landmarks
+        assert left_eye[0] < right_eye[0] and mouth_left[0] < mouth_right[0]
+        assert max(left_eye[1], right_eye[1]) < nose[1] < min(mouth_left[1], mouth_right[1])
+
+
+def test_mtcnn_finds_the_face_in_generated_and_anime_pictures(mtcnn):
+    for name in ("flux1_dev_uso_reference_image_gen-1", "image_flux2-1", "image_netayume_lumina_t2i-1"):
+        faces = mtcnn.detect(template_image(name))
+        assert len(faces) == 1, name
+    assert mtcnn.detect(template_image("controlnet_example-1")) == []  # a cottage landscape
+
+
+@pytest.mark.parametrize("image", [
+    np.full((256, 256, 3), 0.5, np.float32),
+    np.full((256, 256, 3), np.nan, np.float32),
+    np.zeros((8, 8, 3), np.float32),
+    np.zeros((0, 0, 3), np.float32),
+    np.random.default_rng(0).random((128, 96, 1), dtype=np.float32),
+    np.random.default_rng(1).random((128, 96, 4), dtype=np.float32),
+])
+def test_bad_images_give_no_faces_and_do_not_raise(mtcnn, image):
+    assert mtcnn.detect(image) == []
+
+
+def test_detectors_are_loaded_once(mtcnn, tmp_path):
+    assert load_detector("mtcnn") is mtcnn
+    model = export_anime_detector(tmp_path / "faces.onnx", CANDIDATES)
+    assert load_detector("anime", model) is load_detector("anime", str(model))
+    with pytest.raises(ValueError, match="unknown face detector"):
+        load_detector("haar")
+
+
+def test_missing_model_names_the_file_and_its_folder(tmp_path):
+    with pytest.raises(ModelMissingError) as error:
+        InsightFaceDetector(tmp_path / "det_10g.onnx")
+    assert "det_10g.onnx" in str(error.value)
+    assert "ComfyUI/models/insightface/models/buffalo_l/det_10g.onnx" in str(error.value)
+    with pytest.raises(ModelMissingError, match="ComfyUI/models/anime_face_detectors/yolo.onnx"):
+        load_detector("anime", tmp_path / "yolo.onnx")
+    assert isinstance(error.value, FileNotFoundError)
+
+
+# A YOLOv8-style output, 1 x 5 x N in letterboxed input pixels: two overlapping boxes on one face (NMS keeps the
+# stronger), one below the score threshold, one on a second face.
+CANDIDATES = np.array([
+    # cx,  cy,   w,   h, score
+    [100, 120, 60, 80, 0.90],
+    [104, 118, 62, 78, 0.70],
+    [200, 40, 30, 30, 0.10],
+    [220, 150, 40, 50, 0.80],
+], dtype=np.float32).T[None]
+
+
+def export_onnx(module, example_input, path: Path, **names) -> Path:
+    """Export a small torch module with the TorchScript exporter (the dynamo one needs onnxscript)."""
+    import warnings
+    import torch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(module.eval(), example_input, str(path), dynamo=False, **names)
+    return path
+
+
+def export_anime_detector(path: Path, candidates: np.ndarray, size: int = 320) -> Path:
+    """A single-class detector ONNX whose output is fixed candidates (plus 0 x the input, so the graph uses it)."""
+    import torch
+
+    class Detector(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("candidates", torch.from_numpy(candidates))
+
+        def forward(self, image):
+            return self.candidates + 0.0 * image.mean()
+
+    return export_onnx(Detector(), torch.zeros(1, 3, size, size), path, input_names=["images"],
+                       output_names=["output0"])
+
+
+def test_anime_detector_decodes_letterboxed_boxes_and_suppresses_overlaps(tmp_path):
+    detector = AnimeFaceDetector(export_anime_detector(tmp_path / "anime.onnx", CANDIDATES))
+    assert detector.size == 320
+    image = np.zeros((480, 640, 3), np.float32)  # landscape: scale 0.5, 40 px of padding above and below
+    faces = detector.detect(image)
+    assert len(faces) == 2
+    first, second = faces
+    assert first.score == pytest.approx(0.9) and second.score == pytest.approx(0.8)
+    # (cx - w/2 - left) / scale, (cy - h/2 - top) / scale
+    assert first.box == pytest.approx(((100 - 30) / 0.5, (120 - 40 - 40) / 0.5, (100 + 30) / 0.5, (120 + 40 - 40) / 0.5))
+    assert second.box == pytest.approx((400.0, 170.0, 480.0, 270.0))
+    assert first.landmarks is None
+    assert len(detector.detect(image, min_score=0.85)) == 1
+    assert len(detector.detect(image, min_score=0.05)) == 3  # the weak box is apart from the others
+
+
+def test_letterbox_keeps_the_picture_centred():
+    image = np.full((100, 200, 3), 255, np.uint8)
+    square, scale, (left, top) = letterbox(image, 64)
+    assert scale == 0.32 and (left, top) == (0, 16)
+    assert square[16:48].min() == 255 and square[:16].max() == 114 and square[48:].max() == 114
+
+
+def test_insightface_loader_rejects_a_model_that_is_not_a_detector(tmp_path):
+    import torch
+    path = tmp_path / "recogniser.onnx"
+    export_onnx(torch.nn.AdaptiveAvgPool2d(1), torch.zeros(1, 3, 112, 112), path)
+    with pytest.raises(ValueError, match="not an InsightFace face detector"):
+        InsightFaceDetector(path)
+
+
+def test_face_as_dict_is_plain_json_values():
+    face = Face((1.04, 2.0, 3.0, 4.0), 0.98765, np.arange(10, dtype=np.float32).reshape(5, 2))
+    assert face.as_dict() == {"box": [1.0, 2.0, 3.0, 4.0], "score": 0.9877,
+                              "landmarks": [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0], [8.0, 9.0]]}
