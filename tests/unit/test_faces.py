@@ -19,7 +19,7 @@ def package_file(package: str, *parts: str) -> Path:
     import importlib.util
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip(f"{package} is not installed")
+        pytest.fail(f"{package} is not installed: run the tests with `python3 install.py --test`")
     path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
     assert path.is_file(), path
     return path

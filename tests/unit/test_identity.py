@@ -313,3 +313,18 @@ def test_ccip_reads_its_input_size_from_the_model_and_normalises_like_clip(tmp_p
     expected = ((crop - CCIP_MEAN) / CCIP_STD).reshape(-1, 3).mean(axis=0)
     assert vector == pytest.approx(expected / np.linalg.norm(expected), abs=0.02)
     assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_per_character_thresholds_from_the_sheets():
+    from shotline.core.identity import aggregate_frames, identity_verdict
+    gallery_a, gallery_b = np.eye(4, dtype=np.float32)[:1], np.eye(4, dtype=np.float32)[1:2]
+    # face 0 is A exactly; face 1 is B at cosine 0.5 (IDR about 0.89 on the ArcFace calibration)
+    faces = [np.array([1, 0, 0, 0], np.float32), np.array([0, 0.5, 0.75 ** 0.5, 0], np.float32)]
+    lenient = identity_verdict(faces, {"A": gallery_a, "B": gallery_b}, "arcface", {"A": 0.75, "B": 0.5})
+    strict = identity_verdict(faces, {"A": gallery_a, "B": gallery_b}, "arcface", {"A": 0.75, "B": 0.95})
+    assert lenient.passed and not strict.passed
+    assert strict.reasons == [f"low identity: B {strict.characters['B']['idr']:.2f} < 0.95"]
+    shot = aggregate_frames([strict, lenient], threshold={"A": 0.75, "B": 0.95})
+    assert shot["characters"]["B"]["threshold"] == 0.95 and shot["characters"]["B"]["pass_share"] == 0.5
+    assert shot["characters"]["A"]["passed"] and not shot["characters"]["B"]["passed"]
+    assert shot["characters"]["A"]["score"] == shot["characters"]["A"]["min"]

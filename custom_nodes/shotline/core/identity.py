@@ -184,6 +184,13 @@ def _idr_matrix(face_embeddings, galleries: dict, backend) -> np.ndarray:
     return matrix
 
 
+def threshold_for(threshold, name: str) -> float:
+    """A character's own threshold when `threshold` maps names to values, else the shared one."""
+    if isinstance(threshold, dict):
+        return float(threshold.get(name, DEFAULT_THRESHOLD))
+    return float(threshold)
+
+
 @dataclass
 class CharacterMatch:
     face: int | None    # index of the face assigned to the character, None if missing
@@ -199,7 +206,7 @@ class Assignment:
     idr_matrix: list[list[float]]   # characters x faces
 
 
-def assign_faces(face_embeddings, galleries: dict, backend, threshold: float = DEFAULT_THRESHOLD) -> Assignment:
+def assign_faces(face_embeddings, galleries: dict, backend, threshold: float | dict[str, float] = DEFAULT_THRESHOLD) -> Assignment:
     """Give each character at most one face so that the summed IDR is highest (Hungarian algorithm).
 
     Characters left without a face are `missing`; faces left without a character are `unmatched_faces`.
@@ -214,7 +221,7 @@ def assign_faces(face_embeddings, galleries: dict, backend, threshold: float = D
         rows, cols = linear_sum_assignment(matrix, maximize=True)
         for row, col in zip(rows, cols):
             idr = round(float(matrix[row, col]), 4)
-            characters[names[row]] = CharacterMatch(int(col), idr, idr >= threshold)
+            characters[names[row]] = CharacterMatch(int(col), idr, idr >= threshold_for(threshold, names[row]))
             used.add(int(col))
     return Assignment(
         characters=characters,
@@ -232,7 +239,7 @@ class IdentityVerdict:
     characters: dict[str, dict]        # name -> {face, idr, passed}
     unmatched_faces: list[int]
     missing: list[str]
-    threshold: float
+    threshold: float | dict
     reasons: list[str] = field(default_factory=list)
     faces: list[dict] = field(default_factory=list)   # boxes and scores, when given
 
@@ -240,7 +247,7 @@ class IdentityVerdict:
         return asdict(self)
 
 
-def identity_verdict(face_embeddings, galleries: dict, backend, threshold: float = DEFAULT_THRESHOLD,
+def identity_verdict(face_embeddings, galleries: dict, backend, threshold: float | dict[str, float] = DEFAULT_THRESHOLD,
                      allow_extra_faces: bool = False, faces=None) -> IdentityVerdict:
     """The verdict for one image: every character found once, each above the threshold, and no stranger.
 
@@ -260,7 +267,7 @@ def identity_verdict(face_embeddings, galleries: dict, backend, threshold: float
             reasons.append(f"missing character: {name}")
     for name, match in assignment.characters.items():
         if match.face is not None and not match.passed:
-            reasons.append(f"low identity: {name} {match.idr:.2f} < {threshold:g}")
+            reasons.append(f"low identity: {name} {match.idr:.2f} < {threshold_for(threshold, name):g}")
     if assignment.unmatched_faces:
         reasons.append(f"unexpected face(s): {len(assignment.unmatched_faces)}")
     extra_ok = allow_extra_faces and face_count > len(names)
@@ -279,7 +286,7 @@ def identity_verdict(face_embeddings, galleries: dict, backend, threshold: float
     )
 
 
-def check_identity(image, galleries: dict, detector, embedder, threshold: float = DEFAULT_THRESHOLD,
+def check_identity(image, galleries: dict, detector, embedder, threshold: float | dict[str, float] = DEFAULT_THRESHOLD,
                    allow_extra_faces: bool = False) -> IdentityVerdict:
     """Detect, embed and judge one float RGB image; never raises on a bad image."""
     try:
@@ -306,8 +313,15 @@ def aggregate_frames(per_frame, min_pass_share: float = 1.0, threshold: float | 
     threshold = per_frame[0].threshold if threshold is None else threshold
     characters = {}
     for name in per_frame[0].characters:
-        values = [frame.characters.get(name, {}).get("idr", 0.0) for frame in per_frame]
-        characters[name] = {"min": round(min(values), 4), "mean": round(float(np.mean(values)), 4)}
+        matches = [frame.characters.get(name, {}) for frame in per_frame]
+        values = [match.get("idr", 0.0) for match in matches]
+        share_ok = sum(bool(match.get("passed")) for match in matches) / len(matches)
+        # score: the worst frame, as for the shot; a character never on screen has no score at all
+        on_screen = any(match.get("face") is not None for match in matches)
+        characters[name] = {"score": round(min(values), 4) if on_screen else None,
+                            "min": round(min(values), 4), "mean": round(float(np.mean(values)), 4),
+                            "pass_share": round(share_ok, 4), "passed": share_ok >= min_pass_share,
+                            "threshold": threshold_for(threshold, name)}
     reasons = [f"frame {index}: {reason}" for index, frame in enumerate(per_frame) for reason in frame.reasons]
     passed = share >= min_pass_share
     if not passed and min_pass_share < 1.0:

@@ -1,0 +1,197 @@
+"""Character Gallery and Identity Check: is the right character on screen, alone or with the right others?
+
+Backends (a face detector + an embedder, always used together):
+    dlib         MTCNN (facenet-pytorch) + dlib's 128-d ResNet: both ship in packages, works offline
+    insightface  an InsightFace pack's detector + ArcFace, from models/insightface/models/<pack>/
+    anime        an anime face detector ONNX (models/anime_face_detectors/) + a CCIP-style embedder ONNX
+                 (models/character_embedders/)
+    auto         photo characters: insightface when a pack is installed, else dlib;
+                 anime characters: anime when both ONNX files are installed, else dlib
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import comfy.utils
+import numpy as np
+from comfy_api.latest import io
+
+from . import model_folders
+from .character_library import Character
+from .core.face_embedding import load_embedder
+from .core.faces import load_detector
+from .core.gallery_cache import GalleryCache, backend_key, reference_embedder
+from .core.identity import DEFAULT_THRESHOLD, aggregate_frames, check_identity
+from .core.models import MODEL_FOLDERS, ModelMissingError
+
+Gallery = io.Custom("SHOTLINE_GALLERY")
+NONE = "(none installed)"
+BACKENDS = ["auto", "dlib", "insightface", "anime"]
+
+
+@dataclass
+class CharacterGalleryData:
+    name: str
+    threshold: float | None          # the sheet's own identity threshold, if any
+    backend: str                     # cache key: detector + embedder + model hash
+    detector: tuple[str, str | None]
+    embedder: tuple[str, str | None]
+    embeddings: np.ndarray           # (references with a face, D)
+    faceless: list[str]              # references in which no face was found
+
+
+def insightface_packs() -> dict[str, tuple[Path, Path]]:
+    """Packs under models/insightface/models/ with a detector (det_*.onnx) and a recogniser ONNX."""
+    packs = {}
+    for root in model_folders.folders(model_folders.INSIGHTFACE):
+        for pack in sorted((Path(root) / "models").glob("*/")) if (Path(root) / "models").is_dir() else []:
+            detectors = sorted(pack.glob("det_*.onnx"))
+            recognisers = [p for p in sorted(pack.glob("*.onnx"))
+                           if not p.name.startswith(("det_", "genderage", "1k3d68", "2d106"))]
+            if detectors and recognisers and pack.name not in packs:
+                packs[pack.name] = (detectors[0], recognisers[0])
+    return packs
+
+
+def onnx_files(folder_name: str) -> list[str]:
+    import folder_paths
+    return sorted(folder_paths.get_filename_list(folder_name))
+
+
+def resolve_backend(style: str, backend: str, pack: str, anime_detector: str, embedder_file: str):
+    """(detector kind, path), (embedder kind, path) for the chosen backend; a missing model names its file."""
+    import folder_paths
+    packs = insightface_packs()
+    anime_ready = anime_detector != NONE and embedder_file != NONE
+    if backend == "auto":
+        if style == "photo" and packs:
+            backend = "insightface"
+        elif style == "anime" and anime_ready:
+            backend = "anime"
+        else:
+            backend = "dlib"
+    if backend == "dlib":
+        return ("mtcnn", None), ("dlib", None)
+    if backend == "insightface":
+        if pack not in packs:
+            raise ModelMissingError(f"models/insightface/models/{pack if pack != NONE else 'buffalo_l'}/det_10g.onnx",
+                                    MODEL_FOLDERS["insightface"])
+        detector, recogniser = packs[pack]
+        return ("insightface", str(detector)), ("arcface", str(recogniser))
+    if anime_detector == NONE:
+        raise ModelMissingError("models/anime_face_detectors/<detector>.onnx", MODEL_FOLDERS["anime_face"])
+    if embedder_file == NONE:
+        raise ModelMissingError("models/character_embedders/<embedder>.onnx", MODEL_FOLDERS["ccip"])
+    return (("anime", folder_paths.get_full_path_or_raise(model_folders.ANIME_FACE_DETECTORS, anime_detector)),
+            ("ccip", folder_paths.get_full_path_or_raise(model_folders.CHARACTER_EMBEDDERS, embedder_file)))
+
+
+class CharacterGallery(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ShotlineCharacterGallery",
+            display_name="Character Gallery",
+            category="Shotline/characters",
+            description="Embeds a character's reference images with the chosen face backend. Embeddings are cached "
+                        "on disk by file content and backend, so adding a reference embeds only that one.",
+            inputs=[
+                Character.Input("character"),
+                io.Combo.Input("backend", options=BACKENDS, default="auto",
+                               tooltip="auto: InsightFace for photo characters when a pack is installed, the anime "
+                                       "models for anime characters when installed, otherwise MTCNN + dlib."),
+                io.Combo.Input("insightface_pack", options=sorted(insightface_packs()) or [NONE],
+                               tooltip="A folder in models/insightface/models/ (buffalo_l, antelopev2)."),
+                io.Combo.Input("anime_face_detector", options=onnx_files(model_folders.ANIME_FACE_DETECTORS) or [NONE],
+                               tooltip="A YOLOv8-style face detector ONNX in models/anime_face_detectors/."),
+                io.Combo.Input("character_embedder", options=onnx_files(model_folders.CHARACTER_EMBEDDERS) or [NONE],
+                               tooltip="A CCIP-style embedder ONNX in models/character_embedders/."),
+            ],
+            outputs=[Gallery.Output(display_name="gallery")],
+        )
+
+    @classmethod
+    def execute(cls, character, backend, insightface_pack, anime_face_detector, character_embedder) -> io.NodeOutput:
+        if not character.references:
+            raise ValueError(f"character {character.name!r} has no reference images: put some in "
+                             f"{character.folder / 'references'}")
+        (detector_kind, detector_path), (embedder_kind, embedder_path) = resolve_backend(
+            character.sheet.style, backend, insightface_pack, anime_face_detector, character_embedder)
+        detector = load_detector(detector_kind, detector_path)
+        embedder = load_embedder(embedder_kind, embedder_path)
+        key = backend_key(detector, embedder)
+        progress = comfy.utils.ProgressBar(len(character.references))
+        embed = reference_embedder(detector, embedder)
+
+        def embed_with_progress(path):
+            vector = embed(path)
+            progress.update(1)
+            return vector
+        embeddings, faceless = GalleryCache(character.folder / ".embeddings").gallery(
+            character.references, key, embed_with_progress)
+        if len(embeddings) == 0:
+            raise ValueError(f"no face found in any reference image of {character.name!r} with the {key} backend "
+                             f"({', '.join(p.name for p in character.references)})")
+        return io.NodeOutput(CharacterGalleryData(
+            name=character.name, threshold=character.sheet.thresholds.get("identity"), backend=key,
+            detector=(detector_kind, detector_path), embedder=(embedder_kind, embedder_path),
+            embeddings=embeddings, faceless=[str(p) for p in faceless]))
+
+
+class IdentityCheck(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ShotlineIdentityCheck",
+            display_name="Identity Check",
+            category="Shotline/checks",
+            description="Finds every face, gives each expected character its best face (optimal assignment), and "
+                        "scores identity retention (IDR, 0..1) per character per frame. A failing frame gives a "
+                        "verdict with reasons; the node never stops the graph.",
+            is_output_node=True,
+            inputs=[
+                io.Image.Input("image"),
+                Gallery.Input("gallery"),
+                Gallery.Input("gallery_2", optional=True),
+                Gallery.Input("gallery_3", optional=True),
+                Gallery.Input("gallery_4", optional=True),
+                io.Float.Input("threshold", default=DEFAULT_THRESHOLD, min=0.0, max=1.0, step=0.01,
+                               tooltip="IDR a character needs, unless its sheet sets thresholds.identity. 0.75 is "
+                                       "each backend's calibrated same/different boundary."),
+                io.Boolean.Input("allow_extra_faces", default=False,
+                                 tooltip="Let other people (crowd, background) be on screen."),
+                io.Float.Input("min_pass_share", default=1.0, min=0.0, max=1.0, step=0.05,
+                               tooltip="Share of frames of a batch that must pass (lower it to forgive a blink)."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="image"),
+                io.Float.Output(display_name="score", tooltip="The lowest character IDR over the frames."),
+                io.Boolean.Output(display_name="passed"),
+                io.String.Output(display_name="verdict_json"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, image, gallery, threshold, allow_extra_faces, min_pass_share, gallery_2=None, gallery_3=None,
+                gallery_4=None) -> io.NodeOutput:
+        galleries = [g for g in (gallery, gallery_2, gallery_3, gallery_4) if g is not None]
+        backends = {g.backend for g in galleries}
+        if len(backends) > 1:
+            raise ValueError(f"the galleries use different face backends ({', '.join(sorted(backends))}): "
+                             "choose the same backend on every Character Gallery of one check")
+        names = [g.name for g in galleries]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a character is connected twice: {', '.join(names)}")
+        detector = load_detector(*galleries[0].detector)
+        embedder = load_embedder(*galleries[0].embedder)
+        thresholds = {g.name: g.threshold if g.threshold is not None else threshold for g in galleries}
+        embeddings = {g.name: g.embeddings for g in galleries}
+        progress = comfy.utils.ProgressBar(image.shape[0])
+        frames = []
+        for frame in image.cpu().numpy():
+            frames.append(check_identity(frame, embeddings, detector, embedder, thresholds, allow_extra_faces))
+            progress.update(1)
+        verdict = aggregate_frames(frames, min_pass_share=min_pass_share, threshold=thresholds)
+        verdict["backend"] = galleries[0].backend
+        return io.NodeOutput(image, verdict["score"], verdict["passed"], json.dumps(verdict),
+                             ui={"shotline_verdict": [verdict]})

@@ -1,0 +1,128 @@
+"""Character Gallery, Identity Check and Shot Verdict inside the real ComfyUI server, read back by the controller."""
+import asyncio
+import json
+import urllib.error
+import urllib.request
+
+import aiohttp
+import cv2
+import numpy as np
+import pytest
+
+from controller.comfy_client import ComfyClient
+from controller.render import collect_results, shot_status
+from shotline.core.characters import parse_sheet, write_character
+from tests.unit.test_faces import jpeg, t1_photo
+from tests.unit.test_identity import group_picture, t1_tiles
+
+pytestmark = pytest.mark.integration
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    pixels = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return cv2.imencode(".png", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+@pytest.fixture(scope="module")
+def two_characters(comfy_server):
+    """Characters made of t1's first two people: references are re-encoded and mirrored copies of their faces."""
+    tiles = t1_tiles()
+    for folder, name, person, identity in (("ben", "Ben", 0, None), ("chiara", "Chiara", 1, 0.8)):
+        sheet = {"name": name, "style": "photo", "design_prompt": f"{name}, a person from t1"}
+        if identity:
+            sheet["thresholds"] = {"identity": identity}
+        write_character(comfy_server.characters_dir, folder, parse_sheet(sheet), {
+            "jpeg.png": png_bytes(jpeg(tiles[person], 40)),
+            "mirror.png": png_bytes(np.ascontiguousarray(tiles[person][:, ::-1])),
+        })
+    return tiles
+
+
+def save_input(comfy_server, name: str, image: np.ndarray) -> str:
+    (comfy_server.input_dir / name).write_bytes(png_bytes(image))
+    return name
+
+
+def identity_graph(image_name: str, allow_extra_faces=False) -> dict:
+    def character(node, folder):
+        return {node: {"class_type": "ShotlineLoadCharacter", "inputs": {"character": folder}},
+                f"{node}g": {"class_type": "ShotlineCharacterGallery", "inputs": {
+                    "character": [node, 0], "backend": "auto", "insightface_pack": "(none installed)",
+                    "anime_face_detector": "(none installed)", "character_embedder": "(none installed)"}}}
+    return {
+        **character("1", "ben"), **character("2", "chiara"),
+        "3": {"class_type": "LoadImage", "inputs": {"image": image_name}},
+        "4": {"class_type": "ShotlineIdentityCheck", "inputs": {
+            "image": ["3", 0], "gallery": ["1g", 0], "gallery_2": ["2g", 0], "threshold": 0.75,
+            "allow_extra_faces": allow_extra_faces, "min_pass_share": 1.0}},
+        "5": {"class_type": "ShotQualityScore", "inputs": {
+            "image": ["4", 0], "min_sharpness": 20.0, "min_contrast": 0.05, "max_clipped": 0.15, "min_side": 128}},
+        "6": {"class_type": "ShotVerdict", "inputs": {
+            "image": ["5", 0], "quality_verdict": ["5", 3], "identity_verdict": ["4", 3], "approve_at": 0.8,
+            "reject_below": 0.4, "identity_pass": 0.75, "golden_at": 0.85}},
+    }
+
+
+def run_with_controller_client(url: str, graph: dict):
+    """The controller's own client: queue, follow the websocket, read /history."""
+    async def run():
+        async with aiohttp.ClientSession() as session:
+            return await ComfyClient(url, session).run(graph)
+    result = asyncio.run(run())
+    assert result.status == "success", result.error
+    _, verdicts = collect_results(result.outputs)
+    return {verdict["check"]: verdict for verdict in verdicts}
+
+
+def test_the_right_two_people_pass_and_the_controller_reads_it(comfy, comfy_server, two_characters):
+    # the frame shows Chiara left of Ben: assignment must not go by order
+    frame = group_picture(two_characters[1], two_characters[0])
+    verdicts = run_with_controller_client(comfy.url, identity_graph(save_input(comfy_server, "pair.png", frame)))
+    identity = verdicts["identity"]
+    assert identity["passed"], identity["reasons"]
+    assert identity["backend"].startswith("mtcnn-dlib")
+    [frame_verdict] = identity["frames"]
+    assert frame_verdict["characters"]["Chiara"]["face"] == 0 and frame_verdict["characters"]["Ben"]["face"] == 1
+    assert identity["characters"]["Ben"]["score"] >= 0.75 and identity["characters"]["Ben"]["threshold"] == 0.75
+    assert identity["characters"]["Chiara"]["score"] >= 0.8 and identity["characters"]["Chiara"]["threshold"] == 0.8
+    shot = verdicts["shot"]
+    assert shot["checks"]["identity"]["passed"] and shot["band"] in ("approve", "review")
+    assert shot_status([shot]) == {"approve": "approved", "review": "needs_review"}[shot["band"]]
+
+
+def test_an_extra_person_and_no_face_fail_with_the_right_reason(comfy, comfy_server, two_characters):
+    crowd = group_picture(two_characters[0], two_characters[1], two_characters[2])
+    verdicts = run_with_controller_client(comfy.url, identity_graph(save_input(comfy_server, "crowd.png", crowd)))
+    assert not verdicts["identity"]["passed"]
+    assert "frame 0: wrong face count: 3 faces for 2 characters" in verdicts["identity"]["reasons"]
+    assert "frame 0: unexpected face(s): 1" in verdicts["identity"]["reasons"]
+    assert verdicts["shot"]["band"] == "reject"
+
+    allowed = run_with_controller_client(comfy.url, identity_graph("crowd.png", allow_extra_faces=True))
+    assert allowed["identity"]["passed"], allowed["identity"]["reasons"]
+
+    empty = np.tile(np.linspace(0.2, 0.8, 400, dtype=np.float32)[None, :, None], (200, 1, 3))
+    verdicts = run_with_controller_client(comfy.url, identity_graph(save_input(comfy_server, "empty.png", empty)))
+    assert verdicts["identity"]["reasons"][0] == "frame 0: no face found"
+    assert verdicts["identity"]["characters"]["Ben"]["score"] is None  # never on screen: no score at all
+    assert verdicts["shot"]["band"] == "reject"
+
+
+def test_a_stranger_in_place_of_a_character_scores_low(comfy, comfy_server, two_characters):
+    # Ben and a third person (not Chiara): Chiara's slot goes to the stranger, with a low identity score
+    frame = group_picture(two_characters[0], two_characters[3])
+    verdicts = run_with_controller_client(comfy.url, identity_graph(save_input(comfy_server, "swap.png", frame)))
+    chiara = verdicts["identity"]["characters"]["Chiara"]
+    assert chiara["score"] < 0.8 and not chiara["passed"]
+    assert any(reason.startswith("frame 0: low identity: Chiara") for reason in verdicts["identity"]["reasons"])
+    assert verdicts["identity"]["characters"]["Ben"]["passed"]
+
+
+def test_missing_insightface_pack_names_the_file(comfy, comfy_server, two_characters):
+    graph = identity_graph(save_input(comfy_server, "pair.png", group_picture(two_characters[0])))
+    graph["1g"]["inputs"]["backend"] = "insightface"
+    entry = comfy.run(graph)
+    assert entry["status"]["status_str"] == "error"
+    error = next(data for kind, data in entry["status"]["messages"] if kind == "execution_error")
+    assert "det_10g.onnx" in error["exception_message"]
+    assert "models/insightface/models/buffalo_l/" in error["exception_message"]
