@@ -1,6 +1,5 @@
 """LoadCharacter and ShotVerdict inside the real ComfyUI server."""
-import shutil
-
+import numpy as np
 import pytest
 
 from shotline.core.characters import parse_sheet, write_character
@@ -56,3 +55,24 @@ def test_shot_verdict_bands_a_quality_verdict(comfy, comfy_server, picture, band
     assert verdict["check"] == "shot" and verdict["band"] == band
     assert verdict["score"] == pytest.approx(quality["score"], abs=1e-4)  # quality is the only check here
     assert verdict["golden"] is False  # no identity check, so never golden
+
+
+def test_temporal_coherence_flags_a_flicker_in_a_frame_batch(comfy, comfy_server):
+    example = comfy_example_image()
+    save_png(example, comfy_server.input_dir / "steady.png")
+    save_png(np.clip(example * 1.5, 0, 1), comfy_server.input_dir / "bright.png")
+
+    def frames(second: str) -> dict:
+        return {
+            "1": {"class_type": "LoadImage", "inputs": {"image": "steady.png"}},
+            "2": {"class_type": "LoadImage", "inputs": {"image": second}},
+            "3": {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["2", 0]}},
+            "4": {"class_type": "ShotlineTemporalCoherence", "inputs": {
+                "frames": ["3", 0], "min_ssim": 0.5, "max_luma_jump": 0.06}},
+        }
+    steady = comfy.run(frames("steady.png"))["outputs"]["4"]["shotline_verdict"][0]
+    flicker = comfy.run(frames("bright.png"))["outputs"]["4"]["shotline_verdict"][0]
+    assert steady["check"] == "temporal" and steady["passed"] and steady["frame_count"] == 2
+    assert steady["ssim"] == [pytest.approx(1.0, abs=1e-3)]
+    assert not flicker["passed"] and flicker["max_luma_jump"] > 0.06
+    assert any(reason.startswith("flicker: brightness jump") for reason in flicker["reasons"])
