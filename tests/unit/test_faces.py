@@ -188,3 +188,50 @@ def test_face_as_dict_is_plain_json_values():
     face = Face((1.04, 2.0, 3.0, 4.0), 0.98765, np.arange(10, dtype=np.float32).reshape(5, 2))
     assert face.as_dict() == {"box": [1.0, 2.0, 3.0, 4.0], "score": 0.9877,
                               "landmarks": [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0], [8.0, 9.0]]}
+
+
+def export_scrfd_like(path: Path, hit_stride: int, hit_anchor: int, size: int = 640) -> Path:
+    """An ONNX with SCRFD's nine outputs (scores, box distances and landmark offsets for strides 8, 16, 32, two
+    anchors each): one anchor fires with a box 2 strides around its centre. insightface's loader takes it as a
+    detector by its outputs, exactly as it takes det_10g.onnx."""
+    import torch
+
+    class ScrfdLike(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            for stride in (8, 16, 32):
+                count = (size // stride) ** 2 * 2
+                scores = torch.zeros(count, 1)
+                if stride == hit_stride:
+                    scores[hit_anchor] = 0.97
+                offsets = torch.tensor([-1.0, -1.0, 1.0, -1.0, 0.0, 0.0, -0.8, 1.0, 0.8, 1.0]).repeat(count, 1)
+                self.register_buffer(f"scores{stride}", scores)
+                self.register_buffer(f"boxes{stride}", torch.full((count, 4), 2.0))
+                self.register_buffer(f"kps{stride}", offsets)
+
+        def forward(self, image):
+            zero = image.mean() * 0  # keeps the input in the graph
+            strides = (8, 16, 32)
+            return (*(getattr(self, f"scores{s}") + zero for s in strides),
+                    *(getattr(self, f"boxes{s}") + zero for s in strides),
+                    *(getattr(self, f"kps{s}") + zero for s in strides))
+
+    torch.onnx.export(ScrfdLike(), torch.zeros(1, 3, size, size), str(path), dynamo=False,
+                      input_names=["input.1"], output_names=[f"out{i}" for i in range(9)])
+    return path
+
+
+def test_insightface_detector_decodes_a_scrfd_model_through_insightfaces_loader(tmp_path):
+    stride, anchor = 16, 2 * (10 * 40 + 25)  # grid 40x40 at stride 16: row 10, column 25, first anchor
+    detector = InsightFaceDetector(export_scrfd_like(tmp_path / "det_10g.onnx", stride, anchor), det_size=640)
+    image = np.full((640, 640, 3), 0.5, np.float32)
+    [face] = detector.detect(image)
+    centre_x, centre_y = 25 * stride, 10 * stride
+    assert face.box == pytest.approx((centre_x - 32, centre_y - 32, centre_x + 32, centre_y + 32), abs=0.5)
+    assert face.score == pytest.approx(0.97, abs=1e-4)
+    assert face.landmarks[0] == pytest.approx((centre_x - 16, centre_y - 16), abs=0.5)  # left eye
+    assert face.landmarks[2] == pytest.approx((centre_x, centre_y), abs=0.5)            # nose
+    # the score threshold is honoured, and a half-size frame gives boxes in its own pixels
+    assert detector.detect(image, min_score=0.98) == []
+    [small] = detector.detect(image[::2, ::2].copy())
+    assert small.box == pytest.approx(tuple(v / 2 for v in face.box), abs=0.5)

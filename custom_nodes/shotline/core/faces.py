@@ -130,7 +130,8 @@ class InsightFaceDetector:
             return []
         min_score = self.min_score if min_score is None else min_score
         bgr = np.ascontiguousarray(rgb[..., ::-1])
-        boxes, points = self.model.detect(bgr, input_size=(self.det_size, self.det_size), det_thresh=min_score)
+        self.model.det_thresh = min_score  # read by insightface's forward (0.7 and 2.x); detect() takes no threshold
+        boxes, points = self.model.detect(bgr, input_size=(self.det_size, self.det_size))
         faces = []
         for index, row in enumerate(np.asarray(boxes, dtype=np.float32).reshape(-1, 5)):
             landmarks = None if points is None else np.asarray(points[index], dtype=np.float32).reshape(5, 2)
