@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 from shotline.core.characters import CharacterSheetError, parse_sheet, write_character
 from tqdm import tqdm
 
-from .comfy_client import ComfyClient, ComfyUnavailable
+from .comfy_client import ComfyBackend, ComfyUnavailable
 from .comfy_server import ComfyStartError, LocalComfyServer
 from .embedded_postgres_server import EmbeddedPostgres, EmbeddedPostgresError
 from .presets import PresetError
@@ -87,14 +87,18 @@ async def render_command(args) -> int:
         store = ShotStore(pool)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            client = ComfyClient(url, session)
+            client = ComfyBackend(url, session)
+            await client.start()
             with tqdm(total=len(shots), unit="shot", desc="rendering", file=sys.stderr) as progress:
                 def on_shot(outcome: ShotOutcome) -> None:
                     progress.set_postfix_str(f"{outcome.shot.id}: {outcome.status}")
                     progress.update(1)
                     for reason in outcome.reasons:
                         progress.write(f"  {outcome.shot.id}: {reason}")
-                batch_id = await render_shots(shots, str(Path(args.file).resolve()), store, client, on_shot)
+                try:
+                    batch_id = await render_shots(shots, str(Path(args.file).resolve()), store, client, on_shot)
+                finally:
+                    await client.close()
             rows = await store.batch_summary(batch_id)
     print(f"\nbatch {batch_id}: {len(shots)} shots in {time.monotonic() - started:.1f} s")
     print_summary(rows)

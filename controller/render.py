@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable
 
-from .comfy_client import ComfyClient, ComfyUnavailable, PromptRejected
+from .comfy_client import ComfyBackend, ComfyUnavailable, PromptLost, PromptRejected
 from .presets import fill_preset, load_preset
 from .settings import RANDOM_CHECKPOINT_NAME
 from .shot_list import Shot
@@ -80,7 +80,7 @@ def shot_status(verdicts: list[dict]) -> str:
     return "approved" if verdicts and all(verdict["passed"] for verdict in verdicts) else "rejected"
 
 
-async def render_shots(shots: list[Shot], source: str, store: ShotStore, client: ComfyClient,
+async def render_shots(shots: list[Shot], source: str, store: ShotStore, client: ComfyBackend,
                        on_shot: Callable[[ShotOutcome], None] | None = None) -> uuid.UUID:
     presets = {name: load_preset(name) for name in {shot.workflow for shot in shots}}  # fail before queueing
     available = combo_options(await client.object_info("CheckpointLoaderSimple"), "CheckpointLoaderSimple",
@@ -101,7 +101,7 @@ async def render_shots(shots: list[Shot], source: str, store: ShotStore, client:
         except PromptRejected as rejected:
             await store.finish_attempt(attempt_id, shot_id, "failed", [], [], error=rejected.body)
             outcome = ShotOutcome(shot, "failed", prompt_id, None, [str(rejected)])
-        except ComfyUnavailable as error:
+        except (ComfyUnavailable, PromptLost) as error:
             # The shot goes back to the queue: nothing the user queued is lost to a server that went away.
             await store.finish_attempt(attempt_id, shot_id, "queued", [], [], error={"exception_message": str(error)})
             raise RenderError(f"ComfyUI at {client.base_url} became unavailable: {error}") from error

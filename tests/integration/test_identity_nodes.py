@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from controller.comfy_client import ComfyClient
+from controller.comfy_client import ComfyBackend
 from controller.render import collect_results, shot_status
 from shotline.core.characters import parse_sheet, write_character
 from tests.unit.test_faces import jpeg, t1_photo
@@ -67,7 +67,7 @@ def run_with_controller_client(url: str, graph: dict):
     """The controller's own client: queue, follow the websocket, read /history."""
     async def run():
         async with aiohttp.ClientSession() as session:
-            return await ComfyClient(url, session).run(graph)
+            return await ComfyBackend(url, session).run(graph)
     result = asyncio.run(run())
     assert result.status == "success", result.error
     _, verdicts = collect_results(result.outputs)
