@@ -4,12 +4,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import signal
 import sys
 import time
-from contextlib import asynccontextmanager
+import uuid
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 import yaml
 from psycopg_pool import AsyncConnectionPool
 from shotline.core.characters import CharacterSheetError, parse_sheet, write_character
@@ -18,13 +22,20 @@ from tqdm import tqdm
 from .comfy_client import ComfyBackend, ComfyUnavailable
 from .comfy_server import ComfyStartError, LocalComfyServer
 from .embedded_postgres_server import EmbeddedPostgres, EmbeddedPostgresError
-from .presets import PresetError
-from .render import RenderError, ShotOutcome, render_shots
+from .dispatcher import Dispatcher
+from .presets import PresetError, load_preset
+from .render import RenderError
 from .settings import Settings, load_settings
 from .shot_list import ShotListError, load_shot_list
+from .service import create_app, load_or_create_token
+from .shot_queue import ShotQueue
 from .shot_store import ShotStore, apply_migrations
 
 log = logging.getLogger("shotline")
+
+
+class ServiceError(RuntimeError):
+    """A `shotline serve` refused a request or could not be reached."""
 
 
 @asynccontextmanager
@@ -53,6 +64,12 @@ async def open_comfy(settings: Settings, url: str | None):
     if url:
         yield url, None
         return
+    async with start_local_comfy(settings) as server:
+        yield server.url, server
+
+
+@asynccontextmanager
+async def start_local_comfy(settings: Settings):
     if not settings.comfyui_dir or not settings.comfyui_python:
         raise ComfyStartError("no ComfyUI configured: run `python3 install.py` (optionally with --comfyui PATH), "
                               "or pass --comfy URL")
@@ -63,13 +80,16 @@ async def open_comfy(settings: Settings, url: str | None):
     seconds = await asyncio.to_thread(server.start)
     print(f"ComfyUI ready at {server.url} in {seconds:.1f} s", flush=True)
     try:
-        yield server.url, server
+        yield server
     finally:
         await asyncio.to_thread(server.stop)
 
 
 def print_summary(rows: list[dict]) -> None:
     headers = ("shot", "status", "attempts", "score", "output")
+    for row in rows:
+        if row.get("error"):
+            print(f"  {row['shot']}: {row['error'].strip().splitlines()[0]}")
     table = [[str(row[h]) if row[h] is not None else "-" for h in headers] for row in rows]
     for row, source in zip(table, rows):
         row[3] = f"{source['score']:.3f}" if source["score"] is not None else "-"
@@ -81,28 +101,131 @@ def print_summary(rows: list[dict]) -> None:
 
 async def render_command(args) -> int:
     shots = load_shot_list(args.file)  # bad input fails here, before any server starts
+    for workflow in {shot.workflow for shot in shots}:
+        load_preset(workflow)
     settings = load_settings()
     started = time.monotonic()
     async with open_database(settings) as pool, open_comfy(settings, args.comfy) as (url, _server):
-        store = ShotStore(pool)
+        queue, store = ShotQueue(pool), ShotStore(pool)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            client = ComfyBackend(url, session)
-            await client.start()
+            backend = ComfyBackend(url, session)
+            await backend.start()  # an unreachable server fails here, before anything is queued
+            batch_id, _ = await queue.submit_batch(shots, str(Path(args.file).resolve()),
+                                                   max_attempts=args.max_attempts)
+            print(f"batch {batch_id}: {len(shots)} shots queued (at most {args.max_attempts} attempts each)")
             with tqdm(total=len(shots), unit="shot", desc="rendering", file=sys.stderr) as progress:
-                def on_shot(outcome: ShotOutcome) -> None:
-                    progress.set_postfix_str(f"{outcome.shot.id}: {outcome.status}")
-                    progress.update(1)
-                    for reason in outcome.reasons:
-                        progress.write(f"  {outcome.shot.id}: {reason}")
+                async def finished() -> bool:
+                    batch = await queue.batch(batch_id)
+                    progress.n = batch["done"]
+                    progress.set_postfix_str(", ".join(f"{k} {v}" for k, v in sorted(batch["counts"].items())))
+                    progress.refresh()
+                    return batch["finished"]
                 try:
-                    batch_id = await render_shots(shots, str(Path(args.file).resolve()), store, client, on_shot)
+                    await Dispatcher(pool, [backend]).run(until=finished)
                 finally:
-                    await client.close()
+                    await backend.close()
             rows = await store.batch_summary(batch_id)
     print(f"\nbatch {batch_id}: {len(shots)} shots in {time.monotonic() - started:.1f} s")
     print_summary(rows)
     return 1 if any(row["status"] == "failed" for row in rows) else 0
+
+
+async def render_on_server(args, shots_text: str) -> int:
+    """Submit the shot list to a running `shotline serve` and follow the batch to its end."""
+    token = args.token or os.environ.get("SHOTLINE_TOKEN")
+    if not token:
+        raise ServiceError("--server needs the service's token: --token or SHOTLINE_TOKEN")
+    base = args.server.rstrip("/")
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/yaml"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{base}/api/v1/batches", data=shots_text.encode(), headers=headers) as response:
+            body = await response.json()
+            if response.status != 201:
+                raise ServiceError(f"{response.status}: {body.get('error')}"
+                                   + (f" (field {body['field']})" if body.get("field") else ""))
+        batch_id = body["batch_id"]
+        print(f"batch {batch_id}: {len(body['shot_ids'])} shots queued on {base}")
+        with tqdm(total=len(body["shot_ids"]), unit="shot", desc="rendering", file=sys.stderr) as progress:
+            while True:
+                async with session.get(f"{base}/api/v1/batches/{batch_id}") as response:
+                    batch = await response.json()
+                progress.n = batch["done"]
+                progress.set_postfix_str(", ".join(f"{k} {v}" for k, v in sorted(batch["counts"].items())))
+                progress.refresh()
+                if batch["finished"]:
+                    break
+                await asyncio.sleep(0.5)
+        async with session.get(f"{base}/api/v1/batches/{batch_id}/shots") as response:
+            shots = await response.json()
+    rows = [{"shot": s["shot_key"], "status": s["status"], "attempts": s["attempts"], "score": s["score"],
+             "output": s["output"]} for s in shots["shots"]]
+    print_summary(rows)
+    return 1 if any(row["status"] == "failed" for row in rows) else 0
+
+
+async def serve_command(args) -> int:
+    """The service and a dispatcher in one process, until SIGINT/SIGTERM."""
+    settings = load_settings()
+    token, created = load_or_create_token(settings.state_dir)
+    if created:
+        print(f"new API token (kept in {settings.state_dir / 'service_token'}): {token}", flush=True)
+    async with AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(open_database(settings))
+        urls = list(args.comfy or [])
+        if not urls:
+            urls.append((await stack.enter_async_context(start_local_comfy(settings))).url)
+        session = await stack.enter_async_context(aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)))
+        backends = [ComfyBackend(url, session) for url in urls]
+        dispatcher = Dispatcher(pool, backends, slots_per_backend=args.slots, lease_seconds=args.lease)
+        app = create_app(pool, settings, token, backends=backends)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        await web.TCPSite(runner, args.host, args.port).start()
+        print(f"Shotline service on http://{args.host}:{args.port} (OpenAPI: /openapi.json), "
+              f"{len(backends)} ComfyUI backend(s): {', '.join(urls)}", flush=True)
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        work = asyncio.create_task(dispatcher.run(until=lambda: _is_set(stop)))
+        await stop.wait()
+        await work
+        for backend in backends:
+            await backend.close()
+    return 0
+
+
+async def _is_set(event: asyncio.Event) -> bool:
+    return event.is_set()
+
+
+async def status_command(args) -> int:
+    settings = load_settings()
+    async with open_database(settings) as pool:
+        queue = ShotQueue(pool)
+        if args.batch:
+            batch = await queue.batch(args.batch)
+            if batch is None:
+                print(f"error: no batch {args.batch}", file=sys.stderr)
+                return 1
+            print(f"batch {batch['id']} ({batch['source']}): {batch['done']}/{batch['total']} done, "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(batch["counts"].items())))
+            print_summary([{"shot": s["shot_key"], "status": s["status"], "attempts": s["attempts"],
+                            "score": s["score"], "output": s["output"]} for s in await queue.batch_shots(args.batch)])
+            return 0
+        async with pool.connection() as conn:
+            rows = await (await conn.execute(
+                "SELECT b.id, b.source, b.created_at, count(s.id), "
+                "  count(s.id) FILTER (WHERE s.status IN ('queued', 'running')) "
+                "FROM batches b LEFT JOIN shots s ON s.batch_id = b.id GROUP BY b.id "
+                "ORDER BY b.created_at DESC LIMIT 20")).fetchall()
+        for batch_id, source, created, total, open_shots in rows:
+            print(f"{batch_id}  {created:%Y-%m-%d %H:%M}  {total - open_shots}/{total} done  {source}")
+        if not rows:
+            print("no batches yet")
+    return 0
 
 
 def character_library(settings: Settings, library: Path | None) -> Path:
@@ -141,6 +264,21 @@ def main(argv: list[str] | None = None) -> int:
     render = commands.add_parser("render", help="render a shot list (YAML or JSON) and record it in PostgreSQL")
     render.add_argument("file", type=Path)
     render.add_argument("--comfy", metavar="URL", help="a running ComfyUI server (default: start the local one)")
+    render.add_argument("--server", metavar="URL", help="submit to a running `shotline serve` instead")
+    render.add_argument("--token", help="the service's API token (default: SHOTLINE_TOKEN)")
+    render.add_argument("--max-attempts", type=int, default=3, choices=range(1, 21), metavar="N",
+                        help="attempts per shot, corrections included (1-20, default 3)")
+    serve = commands.add_parser("serve", help="the HTTP service plus a dispatcher over ComfyUI backends")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8288)
+    serve.add_argument("--comfy", metavar="URL", action="append",
+                       help="a ComfyUI server to render on (repeat for several; default: start the local one)")
+    serve.add_argument("--slots", type=int, default=2, choices=range(1, 9), metavar="N",
+                       help="prompts kept queued per backend so it never idles (default 2)")
+    serve.add_argument("--lease", type=float, default=30.0, metavar="SECONDS",
+                       help="how long a claimed shot stays this process's without renewal (default 30)")
+    status = commands.add_parser("status", help="recent batches, or one batch's shots")
+    status.add_argument("batch", nargs="?", type=uuid.UUID)
     character = commands.add_parser("character", help="manage the character library")
     character_commands = character.add_subparsers(dest="character_command", required=True)
     put = character_commands.add_parser("put", help="create or update a character: sheet + reference images")
@@ -153,6 +291,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "character":
             return asyncio.run(character_put_command(args))
+        if args.command == "serve":
+            return asyncio.run(serve_command(args))
+        if args.command == "status":
+            return asyncio.run(status_command(args))
+        if args.server:
+            load_shot_list(args.file)  # the same checks before anything is sent
+            return asyncio.run(render_on_server(args, args.file.read_text()))
         return asyncio.run(render_command(args))
     except ShotListError as error:
         print(f"error: {args.file}: {error}", file=sys.stderr)
@@ -160,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     except CharacterSheetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (PresetError, RenderError, ComfyStartError, ComfyUnavailable, EmbeddedPostgresError) as error:
+    except (PresetError, RenderError, ComfyStartError, ComfyUnavailable, EmbeddedPostgresError, ServiceError,
+            aiohttp.ClientError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

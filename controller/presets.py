@@ -1,7 +1,7 @@
 """Preset workflows and the convention for which of their inputs a shot fills.
 
 A preset is a ComfyUI graph saved twice in workflows/: `NAME.json` in editor format (what users open and tune)
-and `api/NAME.json` in API format (what the controller queues). A shot fills inputs of nodes found by title:
+and `api/NAME.json` in API format (what the controller queues). Folders in SHOTLINE_PRESETS are searched first. A shot fills inputs of nodes found by title:
 
     node title        input(s)                 shot field
     Checkpoint        ckpt_name                checkpoint
@@ -18,11 +18,18 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 from .shot_list import PRESET_NAME_PATTERN, Shot
 
 WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "workflows"
+
+
+def preset_dirs() -> list[Path]:
+    """Folders searched for presets, first match wins: SHOTLINE_PRESETS (os.pathsep-separated), then the built-ins."""
+    extra = [Path(p) for p in os.environ.get("SHOTLINE_PRESETS", "").split(os.pathsep) if p]
+    return extra + [WORKFLOWS_DIR]
 
 # title -> {input name: shot field}; a None shot field is filled by the controller.
 SHOT_INPUTS: dict[str, dict[str, str | None]] = {
@@ -43,14 +50,16 @@ class PresetError(ValueError):
 def preset_path(name: str, api: bool = True) -> Path:
     if not PRESET_NAME_PATTERN.match(name):
         raise PresetError(f"invalid preset name {name!r}")
-    return WORKFLOWS_DIR / ("api" if api else "") / f"{name}.json"
+    candidates = [folder / ("api" if api else "") / f"{name}.json" for folder in preset_dirs()]
+    return next((path for path in candidates if path.exists()), candidates[-1])
 
 
 def load_preset(name: str) -> dict:
     path = preset_path(name)
     if not path.exists():
-        available = sorted(p.stem for p in (WORKFLOWS_DIR / "api").glob("*.json"))
-        raise PresetError(f"no preset {name!r}: {path} does not exist (available: {', '.join(available)})")
+        available = sorted({p.stem for folder in preset_dirs() for p in (folder / "api").glob("*.json")})
+        raise PresetError(f"no preset {name!r} in {', '.join(str(f / 'api') for f in preset_dirs())} "
+                          f"(available: {', '.join(available)})")
     graph = json.loads(path.read_text())
     titles = {node.get("_meta", {}).get("title") for node in graph.values()}
     missing = [title for title in REQUIRED_TITLES if title not in titles]

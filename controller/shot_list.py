@@ -130,6 +130,14 @@ def parse_shot(raw, field: str) -> Shot:
     )
 
 
+def shot_from_record(record: dict) -> Shot:
+    """A shot from its stored form (Shot.as_dict, corrections merged), validated again."""
+    data = dict(record)
+    if "width" in data or "height" in data:
+        data["size"] = [data.pop("width", None), data.pop("height", None)]
+    return parse_shot(data, "shot")
+
+
 def parse_shot_list(data) -> list[Shot]:
     defaults = {}
     if isinstance(data, dict):

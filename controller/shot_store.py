@@ -9,6 +9,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from .shot_list import Shot
+from .shot_queue import FINAL_STATUSES
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "db" / "migrations"
 
@@ -51,23 +52,37 @@ class ShotStore:
                 shot_ids.append(row[0])
         return batch_id, shot_ids
 
-    async def start_attempt(self, shot_id: uuid.UUID, prompt_id: str, backend: str, inputs: dict) -> uuid.UUID:
+    async def start_attempt(self, shot_id: uuid.UUID, prompt_id: str, backend: str, inputs: dict,
+                            correction: dict | None = None) -> uuid.UUID:
         async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute("UPDATE shots SET status = 'running', updated_at = now() WHERE id = %s", (shot_id,))
+            await conn.execute("UPDATE shots SET status = 'running', updated_at = now() "
+                               "WHERE id = %s AND status IN ('queued', 'running')", (shot_id,))
             row = await (await conn.execute(
-                "INSERT INTO attempts (shot_id, attempt_no, prompt_id, backend, status, inputs, started_at) "
-                "VALUES (%s, (SELECT coalesce(max(attempt_no), 0) + 1 FROM attempts WHERE shot_id = %s), "
-                "%s, %s, 'running', %s, now()) RETURNING id",
-                (shot_id, shot_id, prompt_id, backend, Jsonb(inputs)))).fetchone()
+                "INSERT INTO attempts (shot_id, attempt_no, prompt_id, backend, status, inputs, correction, "
+                "started_at) VALUES (%s, (SELECT coalesce(max(attempt_no), 0) + 1 FROM attempts WHERE shot_id = %s), "
+                "%s, %s, 'running', %s, %s, now()) RETURNING id",
+                (shot_id, shot_id, prompt_id, backend, Jsonb(inputs), Jsonb(correction) if correction else None))
+            ).fetchone()
         return row[0]
 
     async def finish_attempt(self, attempt_id: uuid.UUID, shot_id: uuid.UUID, shot_status: str,
-                             outputs: list[dict], verdicts: list[dict], error: dict | None = None) -> None:
-        """Record an attempt's end, its outputs and verdicts, and the shot's new status, in one transaction."""
+                             outputs: list[dict], verdicts: list[dict], error: dict | None = None,
+                             attempt_status: str | None = None, retry: dict | None = None) -> bool:
+        """Record an attempt's end, its outputs and verdicts, and the shot's next status, in one transaction.
+
+        Only the first caller for an attempt records it (another controller may be following the same prompt
+        after a lease lapsed): returns False, recording nothing, when the attempt was already closed.
+        `retry` ({"params": {...}, "correction": {...}}) queues the shot again with corrected values. A cancelled
+        shot keeps its status; its attempt is still recorded.
+        """
+        attempt_status = attempt_status or ("failed" if error else "succeeded")
         async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE attempts SET status = %s, error = %s, finished_at = now() WHERE id = %s",
-                ("failed" if error else "succeeded", Jsonb(error) if error else None, attempt_id))
+            closed = await (await conn.execute(
+                "UPDATE attempts SET status = %s, error = %s, finished_at = now() "
+                "WHERE id = %s AND status IN ('queued', 'running') RETURNING id",
+                (attempt_status, Jsonb(error) if error else None, attempt_id))).fetchone()
+            if closed is None:
+                return False
             async with conn.cursor() as cursor:
                 await cursor.executemany(
                     "INSERT INTO outputs (attempt_id, node_id, kind, filename, subfolder, folder_type) "
@@ -88,8 +103,24 @@ class ShotStore:
                         [(verdict_id, attempt_id, name, result.get("score"), result.get("threshold"),
                           bool(result.get("passed")), Jsonb(result))
                          for name, result in verdict.get("characters", {}).items()])
-            await conn.execute("UPDATE shots SET status = %s, updated_at = now() WHERE id = %s",
-                               (shot_status, shot_id))
+            if retry:
+                await conn.execute(
+                    "UPDATE shots SET status = 'queued', next_params = %s, next_correction = %s, claimed_by = NULL, "
+                    "lease_until = NULL, updated_at = now() WHERE id = %s AND status IN ('queued', 'running')",
+                    (Jsonb(retry["params"]), Jsonb(retry["correction"]), shot_id))
+            else:
+                release = shot_status in ("queued",) + FINAL_STATUSES
+                await conn.execute(
+                    "UPDATE shots SET status = %s, updated_at = now()"
+                    + (", claimed_by = NULL, lease_until = NULL" if release else "")
+                    + " WHERE id = %s AND status IN ('queued', 'running')", (shot_status, shot_id))
+            await conn.execute("SELECT pg_notify('shotline_events', %s)", (f"shot {shot_id} {shot_status}",))
+        return True
+
+    async def end_shot(self, shot_id: uuid.UUID, status: str) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute("UPDATE shots SET status = %s, claimed_by = NULL, lease_until = NULL, updated_at = now() "
+                               "WHERE id = %s AND status IN ('queued', 'running')", (status, shot_id))
 
     async def batch_summary(self, batch_id: uuid.UUID) -> list[dict]:
         async with self.pool.connection() as conn:
@@ -98,10 +129,12 @@ class ShotStore:
                 "  (SELECT v.score FROM verdicts v JOIN attempts la ON la.id = v.attempt_id "
                 "   WHERE la.shot_id = s.id ORDER BY la.attempt_no DESC, v.id LIMIT 1), "
                 "  (SELECT o.subfolder || '/' || o.filename FROM outputs o JOIN attempts la ON la.id = o.attempt_id "
-                "   WHERE la.shot_id = s.id AND o.kind = 'images' ORDER BY la.attempt_no DESC, o.id LIMIT 1) "
-                "FROM shots s LEFT JOIN attempts a ON a.shot_id = s.id WHERE s.batch_id = %s "
+                "   WHERE la.shot_id = s.id AND o.kind = 'images' ORDER BY la.attempt_no DESC, o.id LIMIT 1), "
+                "  (SELECT coalesce(la.error->>'exception_message', la.error->'error'->>'message') FROM attempts la "
+                "   WHERE la.shot_id = s.id ORDER BY la.attempt_no DESC LIMIT 1) "
+                "FROM shots s LEFT JOIN attempts a ON a.shot_id = s.id AND a.status <> 'lost' WHERE s.batch_id = %s "
                 "GROUP BY s.id ORDER BY s.position", (batch_id,))
-            return [dict(zip(("shot", "status", "attempts", "score", "output"), row))
+            return [dict(zip(("shot", "status", "attempts", "score", "output", "error"), row))
                     for row in await cursor.fetchall()]
 
     async def put_character(self, character) -> uuid.UUID:

@@ -11,12 +11,13 @@ import pytest
 import yaml
 
 from controller.embedded_postgres_server import EmbeddedPostgres
+from controller.presets import preset_path
 from controller.settings import PROJECT_ROOT
 from tests.conftest import public_temp_dir
 
 pytestmark = pytest.mark.integration
 SHOTLINE = Path(sys.executable).parent / "shotline"
-TWO_SHOTS = {
+TWO_SHOTS = {  # one attempt each: these tests look at a single render, retries have their own test
     "defaults": {"size": "128x128", "steps": 2},
     "shots": [{"id": "s01", "prompt": "a girl with silver hair", "seed": 1},
               {"id": "s02", "prompt": "the same girl, close-up", "seed": 2, "size": "128x96"}],
@@ -51,8 +52,8 @@ def recorded(url: str) -> dict:
 
 def test_render_two_shots_records_shots_attempts_outputs_verdicts(comfy, comfy_server, database_url, tmp_path):
     result = shotline("render", write_list(tmp_path / "two.yaml", TWO_SHOTS), "--comfy", comfy.url,
-                      env={"DATABASE_URL": database_url})
-    assert result.returncode == 0, result.stderr
+                      "--max-attempts", "1", env={"DATABASE_URL": database_url})
+    assert result.returncode == 0, result.stdout + result.stderr
     db = recorded(database_url)
 
     assert [s["shot_key"] for s in db["shots"]] == ["s01", "s02"]
@@ -108,12 +109,13 @@ def test_render_on_embedded_defaults(settings, model_cache, tmp_path):
     env = {"SHOTLINE_HOME": str(home)}
     env.pop("DATABASE_URL", None)
     started = time.monotonic()
-    result = subprocess.run([str(SHOTLINE), "render", str(write_list(tmp_path / "two.yaml", TWO_SHOTS))],
+    result = subprocess.run([str(SHOTLINE), "render", str(write_list(tmp_path / "two.yaml", TWO_SHOTS)),
+                             "--max-attempts", "1"],
                             capture_output=True, text=True, timeout=300,
                             env={k: v for k, v in {**os.environ, **env}.items() if k != "DATABASE_URL"})
     elapsed = time.monotonic() - started
     print(f"\ntwo-shot render on embedded defaults: {elapsed:.1f} s")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
     assert "ComfyUI ready" in result.stdout
 
     server = EmbeddedPostgres(home / "pgdata")  # the CLI stopped the server it started; read what it left
@@ -126,3 +128,27 @@ def test_render_on_embedded_defaults(settings, model_cache, tmp_path):
     assert [s["shot_key"] for s in db["shots"]] == ["s01", "s02"]
     assert len(db["attempts"]) == 2 and len(db["outputs"]) == 2 and len(db["verdicts"]) == 2
     assert all(a["status"] == "succeeded" for a in db["attempts"])
+
+
+def test_a_rejected_shot_is_retried_with_a_correction(comfy, database_url, tmp_path):
+    """128 px fails a 160 px minimum: the second attempt is corrected to 160 px and says why."""
+    # the preset, from a user preset folder, with the quality check's minimum side lowered to keep this test fast
+    preset = json.loads(preset_path("shot_txt2img").read_text())
+    preset["10"]["inputs"]["min_side"] = 160
+    (tmp_path / "presets" / "api").mkdir(parents=True)
+    (tmp_path / "presets" / "api" / "small_check.json").write_text(json.dumps(preset))
+    one = {"shots": [{"id": "small", "workflow": "small_check", "prompt": "a girl", "seed": 4, "size": "128x128",
+                      "steps": 1}]}
+    result = shotline("render", write_list(tmp_path / "one.yaml", one), "--comfy", comfy.url, "--max-attempts", "2",
+                      env={"DATABASE_URL": database_url, "SHOTLINE_PRESETS": str(tmp_path / "presets")})
+    assert result.returncode == 0, result.stdout + result.stderr
+    db = recorded(database_url)
+    first, second = db["attempts"]
+    assert (first["attempt_no"], second["attempt_no"]) == (1, 2)
+    assert first["correction"] is None
+    # noise is also blurry and flat: the corrections combine, each named
+    assert {"too small", "blurry"} <= set(second["correction"]["reason"].split(", "))
+    assert second["correction"]["changes"]["width"] == 160 and second["inputs"]["Size.width"] == 160
+    assert second["inputs"]["Sampler.steps"] == 9  # 1 step + 8
+    assert second["inputs"]["Sampler.seed"] == first["inputs"]["Sampler.seed"]  # these fixes keep the seed
+    assert len(db["verdicts"]) == 2 and db["shots"][0]["status"] in ("approved", "rejected")

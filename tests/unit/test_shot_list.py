@@ -70,3 +70,11 @@ def test_files_yaml_json_and_unparseable(tmp_path):
     assert caught.value.field == "file"
     with pytest.raises(ShotListError, match="cannot read"):
         load_shot_list(tmp_path / "missing.yaml")
+
+
+def test_a_stored_shot_reads_back_the_same_and_is_validated_again():
+    from controller.shot_list import shot_from_record
+    [shot] = parse_shot_list([{"id": "a", "prompt": "x", "size": "128x96", "steps": 2, "seed": 9}])
+    assert shot_from_record(shot.as_dict()) == shot
+    with pytest.raises(ShotListError, match=r"shot\.size\.width"):
+        shot_from_record({**shot.as_dict(), "width": 130})

@@ -1,0 +1,46 @@
+from controller.corrections import CROWD_NEGATIVE, SEED_STEP, choose_correction
+
+PARAMS = {"prompt": "a girl on a rooftop", "negative": "lowres", "seed": 5, "steps": 20, "cfg": 7.0,
+          "width": 128, "height": 96}
+
+
+def verdict(*reasons, check="quality", **extra):
+    return {"check": check, "reasons": list(reasons), **extra}
+
+
+def test_blur_gets_more_steps_and_keeps_the_seed():
+    correction = choose_correction(PARAMS, [verdict("image 0: blurry: sharpness 2.4 < 100")], 1)
+    assert correction == {"changes": {"steps": 30}, "reason": "blurry"}
+    assert choose_correction({**PARAMS, "steps": 75}, [verdict("image 0: blurry")], 1)["changes"]["steps"] == 80
+
+
+def test_too_small_scales_up_to_the_checks_minimum_side():
+    quality = verdict("image 0: too small: 128x96, shortest side 96 < 512", thresholds={"min_side": 512})
+    assert choose_correction(PARAMS, [quality], 1)["changes"] == {"width": 680, "height": 512}
+
+
+def test_extra_people_add_solo_and_a_negative():
+    identity = verdict("frame 0: wrong face count: 3 faces for 1 character", "frame 0: unexpected face(s): 2",
+                       check="identity")
+    changes = choose_correction(PARAMS, [identity], 1)["changes"]
+    assert changes["prompt"] == "a girl on a rooftop, solo" and changes["negative"] == f"lowres, {CROWD_NEGATIVE}"
+    assert "seed" not in changes
+
+
+def test_low_identity_reseeds_and_weights_the_prompt_more_each_time():
+    identity = [verdict("frame 0: low identity: Aiko 0.62 < 0.75", check="identity")]
+    first = choose_correction(PARAMS, identity, 1)
+    assert first["changes"] == {"prompt": "(a girl on a rooftop:1.15)", "seed": 5 + SEED_STEP}
+    second = choose_correction({**PARAMS, **first["changes"]}, identity, 2)
+    assert second["changes"]["prompt"] == "(a girl on a rooftop:1.30)"
+    assert second["changes"]["seed"] == 5 + SEED_STEP + 2 * SEED_STEP
+    assert first["reason"] == "low identity"
+
+
+def test_reasons_combine_and_unknown_reasons_reseed():
+    combined = choose_correction(PARAMS, [verdict("image 0: blurry"), verdict("frame 0: no face found",
+                                                                             check="identity")], 1)
+    assert set(combined["changes"]) == {"steps", "prompt", "seed"}
+    assert combined["reason"] == "blurry, low identity"
+    assert choose_correction(PARAMS, [verdict("something new")], 2) == {
+        "changes": {"seed": 5 + 2 * SEED_STEP}, "reason": "something new"}
