@@ -39,7 +39,7 @@ class ServiceError(RuntimeError):
 
 
 @asynccontextmanager
-async def open_database(settings: Settings):
+async def open_database(settings: Settings, max_connections: int = 4):
     """A pool on DATABASE_URL, or on the embedded server (started if needed, stopped again if this started it)."""
     server = None
     url = settings.database_url
@@ -47,7 +47,7 @@ async def open_database(settings: Settings):
         server = EmbeddedPostgres(settings.postgres_data_dir)
         started_here = server.start()
         url = server.url
-    pool = AsyncConnectionPool(url, min_size=1, max_size=4, open=False)
+    pool = AsyncConnectionPool(url, min_size=1, max_size=max_connections, open=False)
     try:
         await pool.open(wait=True, timeout=30)
         await apply_migrations(pool)
@@ -171,8 +171,9 @@ async def serve_command(args) -> int:
     if created:
         print(f"new API token (kept in {settings.state_dir / 'service_token'}): {token}", flush=True)
     async with AsyncExitStack() as stack:
-        pool = await stack.enter_async_context(open_database(settings))
         urls = list(args.comfy or [])
+        # a connection per dispatcher slot, plus the lease keeper and the API's own requests
+        pool = await stack.enter_async_context(open_database(settings, max(1, len(urls)) * args.slots + 4))
         if not urls:
             urls.append((await stack.enter_async_context(start_local_comfy(settings))).url)
         session = await stack.enter_async_context(aiohttp.ClientSession(

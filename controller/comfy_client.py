@@ -209,9 +209,9 @@ class ComfyBackend:
         prompt_id = data.get("prompt_id")
         if prompt_id not in self._pending:
             return
-        done = kind in ("execution_success", "execution_error", "execution_interrupted") or (
-            kind == "executing" and data.get("node") is None)
-        if done:
+        # ComfyUI writes the history entry and then sends `executing` with no node, for success and error alike;
+        # `execution_success` comes earlier, before the entry exists, so reading /history then would be wasted.
+        if kind == "executing" and data.get("node") is None:
             asyncio.create_task(self._reconcile(prompt_id))
 
     async def _reconcile_all(self) -> None:

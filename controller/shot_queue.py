@@ -50,13 +50,16 @@ class ShotQueue:
                 "INSERT INTO batches (source, webhook_url) VALUES (%s, %s) RETURNING id",
                 (source, webhook_url))).fetchone())[0]
             shot_ids = []
-            for position, shot in enumerate(shots):
-                row = await (await conn.execute(
+            async with conn.cursor() as cursor:
+                await cursor.executemany(
                     "INSERT INTO shots (batch_id, shot_key, position, workflow, params, max_attempts, priority) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                    (batch_id, shot.id, position, shot.workflow, Jsonb(shot.as_dict()), max_attempts,
-                     priority))).fetchone()
-                shot_ids.append(row[0])
+                    [(batch_id, shot.id, position, shot.workflow, Jsonb(shot.as_dict()), max_attempts, priority)
+                     for position, shot in enumerate(shots)], returning=True)
+                while True:
+                    shot_ids.append((await cursor.fetchone())[0])
+                    if not cursor.nextset():
+                        break
             await conn.execute("SELECT pg_notify('shotline_events', %s)", (f"batch {batch_id} queued",))
         return batch_id, shot_ids
 
@@ -66,12 +69,22 @@ class ShotQueue:
                     prefer_checkpoint: str | None = None) -> list[ClaimedShot]:
         """Take up to `limit` queued shots, highest priority and oldest first; shots that name the checkpoint
         the caller's backend has loaded come first, so a GPU does not swap models between shots."""
+        rows = []
+        if prefer_checkpoint:
+            rows = await self._claim(worker, lease_seconds, limit, "AND params->>'checkpoint' = %s",
+                                     (prefer_checkpoint,))
+        return rows or await self._claim(worker, lease_seconds, limit, "", ())
+
+    async def _claim(self, worker: str, lease_seconds: float, limit: int, condition: str,
+                     condition_params: tuple) -> list[ClaimedShot]:
+        # Both forms walk an index in queue order (shots_queued_idx, shots_queued_checkpoint_idx): a claim costs
+        # the same with ten thousand shots queued as with ten.
         async with self.pool.connection() as conn, conn.transaction():
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute(
                 "WITH next AS ("
-                "  SELECT id FROM shots WHERE status = 'queued'"
-                "  ORDER BY (params->>'checkpoint' IS NOT DISTINCT FROM %s) DESC, priority DESC, created_at, position"
+                f"  SELECT id FROM shots WHERE status = 'queued' {condition}"
+                "  ORDER BY priority DESC, created_at, position"
                 "  FOR UPDATE SKIP LOCKED LIMIT %s)"
                 "UPDATE shots s SET status = 'running', claimed_by = %s, "
                 "  lease_until = now() + make_interval(secs => %s), updated_at = now() "
@@ -82,7 +95,7 @@ class ShotQueue:
                 "  (SELECT json_build_object('id', a.id, 'prompt_id', a.prompt_id, 'backend', a.backend, "
                 "     'status', a.status) FROM attempts a WHERE a.shot_id = s.id "
                 "   ORDER BY a.attempt_no DESC LIMIT 1) AS last_attempt",
-                (prefer_checkpoint, limit, worker, lease_seconds))
+                (*condition_params, limit, worker, lease_seconds))
             rows = await cursor.fetchall()
         return [ClaimedShot(id=row["id"], batch_id=row["batch_id"], shot_key=row["shot_key"],
                             workflow=row["workflow"], params={**row["params"], **(row["next_params"] or {})},
