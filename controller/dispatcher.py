@@ -9,10 +9,12 @@ up to the shot's `max_attempts`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import socket
 import uuid
+from pathlib import Path
 from typing import Awaitable, Callable
 
 from psycopg_pool import AsyncConnectionPool
@@ -42,7 +44,7 @@ class Dispatcher:
         self.on_outcome = on_outcome
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.held: set[uuid.UUID] = set()
-        self._checkpoints: dict[str, list[str]] = {}
+        self._object_info: dict[str, dict] = {}
         self._stopping = asyncio.Event()
 
     async def run(self, until: Callable[[], Awaitable[bool]] | None = None, check_seconds: float = 0.5) -> None:
@@ -103,11 +105,16 @@ class Dispatcher:
             if self.on_outcome:
                 self.on_outcome(shot, outcome)
 
-    async def _available_checkpoints(self, backend: ComfyBackend) -> list[str]:
-        if backend.base_url not in self._checkpoints:
-            info = await backend.object_info("CheckpointLoaderSimple")
-            self._checkpoints[backend.base_url] = combo_options(info, "CheckpointLoaderSimple", "ckpt_name")
-        return self._checkpoints[backend.base_url]
+    async def _backend_object_info(self, backend: ComfyBackend) -> dict:
+        """The backend's /object_info, read once: the checkpoints it has and how to convert editor presets."""
+        if backend.base_url not in self._object_info:
+            self._object_info[backend.base_url] = await backend.object_info()
+        return self._object_info[backend.base_url]
+
+    async def _input_image(self, backend: ComfyBackend, shot: ClaimedShot, path: str) -> str:
+        data = Path(path).read_bytes()
+        name = f"{shot.shot_key}-{hashlib.sha256(data).hexdigest()[:12]}{Path(path).suffix.lower()}"
+        return await backend.upload_image(name, data)
 
     def _backend(self, url: str) -> ComfyBackend | None:
         return next((backend for backend in self.backends if backend.base_url == url), None)
@@ -136,11 +143,13 @@ class Dispatcher:
             return "failed"
         try:
             params = shot_from_record({**shot.params, "id": shot.shot_key, "workflow": shot.workflow})
-            preset = load_preset(shot.workflow)
-            checkpoint = choose_checkpoint(params, await self._available_checkpoints(backend))
-            graph, inputs = fill_preset(preset, params, checkpoint,
+            object_info = await self._backend_object_info(backend)
+            preset = load_preset(shot.workflow, object_info)
+            checkpoint = choose_checkpoint(params, combo_options(object_info, "CheckpointLoaderSimple", "ckpt_name"))
+            image_name = await self._input_image(backend, shot, params.image) if params.image else None
+            graph, inputs = fill_preset(preset, params, checkpoint, image_name=image_name,
                                         filename_prefix=f"shotline/{str(shot.batch_id)[:8]}/{shot.shot_key}")
-        except (PresetError, RenderError, ValueError) as error:
+        except (PresetError, RenderError, ValueError, OSError) as error:
             # a shot this controller cannot build: record why, never loop on it
             prompt_id = str(uuid.uuid4())
             attempt_id = await self.store.start_attempt(shot.id, prompt_id, backend.base_url, {}, shot.correction)

@@ -9,7 +9,8 @@ and `api/NAME.json` in API format (what the controller queues). Folders in SHOTL
     Negative Prompt   text                     negative
     Sampler           seed, steps, cfg         seed, steps, cfg
     Size              width, height            size
-    Save              filename_prefix          (set by the controller: shotline/<batch>/<shot>_a<attempt>)
+    Save              filename_prefix          (set by the controller: shotline/<batch>/<shot>)
+    Input Image       image                    image (uploaded to the server that runs the shot)
 
 Rename a node in the editor to one of these titles to let shots drive it. A preset lacking a titled node the
 shot needs fails before anything is queued, naming the title.
@@ -39,6 +40,7 @@ SHOT_INPUTS: dict[str, dict[str, str | None]] = {
     "Sampler": {"seed": "seed", "steps": "steps", "cfg": "cfg"},
     "Size": {"width": "width", "height": "height"},
     "Save": {"filename_prefix": None},
+    "Input Image": {"image": "image"},  # the shot's image, uploaded to the server that runs the shot
 }
 REQUIRED_TITLES = ("Prompt", "Sampler", "Save")
 
@@ -54,13 +56,33 @@ def preset_path(name: str, api: bool = True) -> Path:
     return next((path for path in candidates if path.exists()), candidates[-1])
 
 
-def load_preset(name: str) -> dict:
-    path = preset_path(name)
-    if not path.exists():
-        available = sorted({p.stem for folder in preset_dirs() for p in (folder / "api").glob("*.json")})
-        raise PresetError(f"no preset {name!r} in {', '.join(str(f / 'api') for f in preset_dirs())} "
-                          f"(available: {', '.join(available)})")
-    graph = json.loads(path.read_text())
+def find_preset(name: str) -> Path:
+    """The preset's file: its API format if there is one, else its editor format (converted when loaded)."""
+    for api in (True, False):
+        path = preset_path(name, api)
+        if path.exists():
+            return path
+    available = sorted({p.stem for folder in preset_dirs() for p in [*folder.glob("*.json"), *folder.glob("api/*.json")]})
+    raise PresetError(f"no preset {name!r} in {', '.join(str(f) for f in preset_dirs())} "
+                      f"(available: {', '.join(available)})")
+
+
+def load_preset(name: str, object_info: dict | None = None) -> dict:
+    """The preset as an API-format graph. An editor-format file (what the ComfyUI editor saves) is converted
+    with comfy-cli's converter against `object_info`, the /object_info of the server that will run it."""
+    path = find_preset(name)
+    try:
+        graph = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise PresetError(f"preset {name!r}: {path} is not valid JSON: {error}") from None
+    if isinstance(graph, dict) and isinstance(graph.get("nodes"), list):
+        if object_info is None:
+            return {node["id"]: {"_meta": {"title": node.get("title")}} for node in graph["nodes"]}  # titles only
+        from comfy_cli.workflow_to_api import WorkflowConversionError, convert_ui_to_api
+        try:
+            graph = convert_ui_to_api(graph, object_info)
+        except WorkflowConversionError as error:
+            raise PresetError(f"preset {name!r}: cannot convert {path} to API format: {error}") from None
     titles = {node.get("_meta", {}).get("title") for node in graph.values()}
     missing = [title for title in REQUIRED_TITLES if title not in titles]
     if missing:
@@ -73,10 +95,14 @@ def nodes_titled(graph: dict, title: str) -> list[dict]:
     return [node for node in graph.values() if node.get("_meta", {}).get("title") == title]
 
 
-def fill_preset(graph: dict, shot: Shot, checkpoint: str | None, filename_prefix: str) -> tuple[dict, dict]:
-    """A copy of the preset graph with the shot's values in place, and the values filled (recorded per attempt)."""
+def fill_preset(graph: dict, shot: Shot, checkpoint: str | None, filename_prefix: str,
+                image_name: str | None = None) -> tuple[dict, dict]:
+    """A copy of the preset graph with the shot's values in place, and the values filled (recorded per attempt).
+
+    `image_name` is the shot's image as uploaded to the server (what LoadImage takes), not its local path.
+    """
     graph = copy.deepcopy(graph)
-    values = {**shot.as_dict(), "checkpoint": checkpoint}
+    values = {**shot.as_dict(), "checkpoint": checkpoint, "image": image_name}
     filled = {}
     for title, inputs in SHOT_INPUTS.items():
         nodes = nodes_titled(graph, title)

@@ -10,6 +10,7 @@
         seed: 42                    # optional: derived from the id when absent, so re-renders are stable
         size: 768x512               # WxH, [W, H] or {width: W, height: H}
         steps: 20                   # optional, like cfg and checkpoint
+        image: refs/pose.png        # optional: uploaded to the server that runs the shot (relative to the list)
 
 A bare list of shots is accepted too. Errors name the field: `shots[1].seed: ...`.
 """
@@ -28,7 +29,8 @@ DEFAULT_SIZE = (512, 512)
 SHOT_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PRESET_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 MAX_SEED = 2**64 - 1  # KSampler's limit
-KNOWN_FIELDS = {"id", "workflow", "prompt", "negative", "seed", "size", "steps", "cfg", "checkpoint"}
+KNOWN_FIELDS = {"id", "workflow", "prompt", "negative", "seed", "size", "steps", "cfg", "checkpoint", "image"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 class ShotListError(ValueError):
@@ -52,6 +54,7 @@ class Shot:
     steps: int | None = None
     cfg: float | None = None
     checkpoint: str | None = None
+    image: str | None = None       # a local image file, uploaded to the server that runs the shot
 
     def as_dict(self) -> dict:
         return {key: value for key, value in asdict(self).items() if value is not None}
@@ -92,7 +95,7 @@ def _text(value, field: str, required: bool) -> str:
     return value
 
 
-def parse_shot(raw, field: str) -> Shot:
+def parse_shot(raw, field: str, base_dir: Path | None = None) -> Shot:
     if not isinstance(raw, dict):
         raise ShotListError(field, f"must be a mapping of shot fields, got {type(raw).__name__}")
     unknown = sorted(set(raw) - KNOWN_FIELDS)
@@ -116,6 +119,15 @@ def parse_shot(raw, field: str) -> Shot:
     checkpoint = raw.get("checkpoint")
     if checkpoint is not None and (not isinstance(checkpoint, str) or not checkpoint.strip()):
         raise ShotListError(f"{field}.checkpoint", f"must be a checkpoint file name, got {checkpoint!r}")
+    image = raw.get("image")
+    if image is not None:
+        if not isinstance(image, str) or not image.lower().endswith(IMAGE_SUFFIXES):
+            raise ShotListError(f"{field}.image", f"must be an image file path ({', '.join(IMAGE_SUFFIXES)}), "
+                                                  f"got {image!r}")
+        if base_dir is not None:
+            image = str((Path(base_dir) / image).resolve())
+        if not Path(image).is_file():
+            raise ShotListError(f"{field}.image", f"no such file: {image}")
     return Shot(
         id=shot_id,
         workflow=workflow,
@@ -127,6 +139,7 @@ def parse_shot(raw, field: str) -> Shot:
         steps=None if steps is None else _integer(steps, f"{field}.steps", 1, 10000),
         cfg=None if cfg is None else float(cfg),
         checkpoint=checkpoint,
+        image=image,
     )
 
 
@@ -138,7 +151,8 @@ def shot_from_record(record: dict) -> Shot:
     return parse_shot(data, "shot")
 
 
-def parse_shot_list(data) -> list[Shot]:
+def parse_shot_list(data, base_dir: Path | None = None) -> list[Shot]:
+    """Shots from a parsed list; `base_dir` resolves relative image paths (the list file's folder)."""
     defaults = {}
     if isinstance(data, dict):
         defaults = data.get("defaults") or {}
@@ -151,7 +165,7 @@ def parse_shot_list(data) -> list[Shot]:
         data = data["shots"]
     if not isinstance(data, list) or not data:
         raise ShotListError("shots", "must be a non-empty list of shots")
-    shots = [parse_shot({**defaults, **raw} if isinstance(raw, dict) else raw, f"shots[{index}]")
+    shots = [parse_shot({**defaults, **raw} if isinstance(raw, dict) else raw, f"shots[{index}]", base_dir)
              for index, raw in enumerate(data)]
     seen = {}
     for index, shot in enumerate(shots):
@@ -172,4 +186,4 @@ def load_shot_list(path: Path) -> list[Shot]:
     except (json.JSONDecodeError, yaml.YAMLError) as error:
         raise ShotListError("file", f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
                                     f"{error}") from None
-    return parse_shot_list(data)
+    return parse_shot_list(data, base_dir=path.parent)

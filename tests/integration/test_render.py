@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import psycopg
 import pytest
 import yaml
@@ -152,3 +154,45 @@ def test_a_rejected_shot_is_retried_with_a_correction(comfy, database_url, tmp_p
     assert second["inputs"]["Sampler.steps"] == 9  # 1 step + 8
     assert second["inputs"]["Sampler.seed"] == first["inputs"]["Sampler.seed"]  # these fixes keep the seed
     assert len(db["verdicts"]) == 2 and db["shots"][0]["status"] in ("approved", "rejected")
+
+
+def test_editor_format_preset_and_an_uploaded_input_image(comfy, comfy_server, database_url, tmp_path):
+    """A user preset saved only in editor format is converted against the server's /object_info, and the shot's
+    image is uploaded to the server that runs it, where the preset's "Input Image" node reads it."""
+    editor = json.loads(preset_path("shot_txt2img", api=False).read_text())
+    editor["nodes"] += [
+        {"id": 20, "type": "LoadImage", "title": "Input Image", "pos": [0, 700], "size": [300, 300], "flags": {},
+         "order": 8, "mode": 0, "inputs": [], "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [20]},
+                                                          {"name": "MASK", "type": "MASK", "links": None}],
+         "properties": {}, "widgets_values": ["example.png", "image"]},
+        {"id": 21, "type": "ShotQualityScore", "title": "Input Check", "pos": [400, 700], "size": [300, 200],
+         "flags": {}, "order": 9, "mode": 0, "inputs": [{"name": "image", "type": "IMAGE", "link": 20}],
+         "outputs": [], "properties": {}, "widgets_values": [100.0, 0.08, 0.15, 64]},
+    ]
+    editor["links"].append([20, 20, 0, 21, 0, "IMAGE"])
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "with_image.json").write_text(json.dumps(editor))  # editor format only, no api/
+    pose = np.zeros((72, 88, 3), np.uint8)
+    pose[20:50, 30:60] = 255
+    (tmp_path / "lists" / "refs").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "lists" / "refs" / "pose.png"), pose)
+    shots = {"shots": [{"id": "img", "workflow": "with_image", "prompt": "x", "size": "64x64", "steps": 1,
+                        "image": "refs/pose.png"}]}  # relative to the list's folder
+    result = shotline("render", write_list(tmp_path / "lists" / "one.yaml", shots), "--comfy", comfy.url,
+                      "--max-attempts", "1",
+                      env={"DATABASE_URL": database_url, "SHOTLINE_PRESETS": str(tmp_path / "presets")})
+    assert result.returncode == 0, result.stdout + result.stderr
+    db = recorded(database_url)
+    [attempt] = db["attempts"]
+    uploaded = attempt["inputs"]["Input Image.image"]
+    assert uploaded.startswith("shotline/img-") and uploaded.endswith(".png")
+    assert (comfy_server.input_dir / uploaded).read_bytes() == (tmp_path / "lists" / "refs" / "pose.png").read_bytes()
+    [input_check] = [v for v in db["verdicts"] if v["node_id"] == "21"]
+    assert (input_check["details"]["images"][0]["width"], input_check["details"]["images"][0]["height"]) == (88, 72)
+
+
+def test_missing_input_image_names_the_field(tmp_path):
+    bad = {"shots": [{"id": "a", "prompt": "x", "image": "nowhere.png"}]}
+    result = shotline("render", write_list(tmp_path / "bad.yaml", bad), "--comfy", "http://127.0.0.1:9")
+    assert result.returncode == 2
+    assert "shots[0].image: no such file" in result.stderr
