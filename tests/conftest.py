@@ -53,16 +53,18 @@ def comfy_server(settings, model_cache, tmp_path_factory):
     (work / "input").mkdir()
     (work / "output").mkdir()
     (work / "characters").mkdir()
+    (work / "loras").mkdir()
     extra_paths = work / "extra_model_paths.yaml"
     # the checkpoint cache, and a character library of the tests' own (through extra_model_paths, as users do)
     extra_paths.write_text(f"shotline_tests:\n    base_path: {model_cache}\n    checkpoints: checkpoints\n"
                            f"shotline_test_characters:\n    base_path: {work}\n"
-                           f"    shotline_characters: characters\n")
+                           f"    shotline_characters: characters\n    loras: loras\n")
     server = LocalComfyServer(settings.comfyui_dir, settings.comfyui_python, log_path=work / "comfyui.log",
                               extra_model_paths=extra_paths, input_dir=work / "input", output_dir=work / "output")
     seconds = server.start()
     print(f"\nComfyUI ready in {seconds:.1f} s at {server.url}")
     server.input_dir, server.output_dir, server.characters_dir = work / "input", work / "output", work / "characters"
+    server.loras_dir = work / "loras"
     yield server
     server.stop()
 

@@ -1,6 +1,9 @@
-"""LoadCharacter: a character from the library, with its design and negative prompts."""
+"""Load Character (a character from the library, with its prompts) and Apply Character LoRAs."""
 import os
 
+import comfy.sd
+import comfy.utils
+import folder_paths
 from comfy_api.latest import io
 
 from . import model_folders
@@ -55,3 +58,34 @@ class LoadCharacter(io.ComfyNode):
     def execute(cls, character) -> io.NodeOutput:
         loaded = load_character(library()[character])
         return io.NodeOutput(loaded, loaded.sheet.design_prompt, loaded.sheet.negative_prompt)
+
+
+class ApplyCharacterLoras(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ShotlineApplyCharacterLoras",
+            display_name="Apply Character LoRAs",
+            category="Shotline/characters",
+            description="Applies the LoRAs listed in the character's sheet, at the sheet's strengths times "
+                        "strength_scale. A character with no LoRAs passes the model and CLIP through.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Clip.Input("clip"),
+                Character.Input("character"),
+                io.Float.Input("strength_scale", default=1.0, min=0.0, max=4.0, step=0.05,
+                               tooltip="Multiplies every strength in the sheet (0 turns the LoRAs off)."),
+            ],
+            outputs=[io.Model.Output(display_name="model"), io.Clip.Output(display_name="clip")],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, character, strength_scale) -> io.NodeOutput:
+        for lora in character.sheet.loras:
+            # names the file and the loras folder when it is missing
+            path = folder_paths.get_full_path_or_raise("loras", lora.name)
+            weights = comfy.utils.load_torch_file(path, safe_load=True)
+            clip_strength = lora.strength if lora.clip_strength is None else lora.clip_strength
+            model, clip = comfy.sd.load_lora_for_models(model, clip, weights, lora.strength * strength_scale,
+                                                        clip_strength * strength_scale)
+        return io.NodeOutput(model, clip)

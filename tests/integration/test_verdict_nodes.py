@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from controller.settings import RANDOM_CHECKPOINT_NAME
 from shotline.core.characters import parse_sheet, write_character
 from tests.integration.test_comfy_pack import quality_graph, save_png
 from tests.images import blurred, comfy_example_image
@@ -76,3 +77,39 @@ def test_temporal_coherence_flags_a_flicker_in_a_frame_batch(comfy, comfy_server
     assert steady["ssim"] == [pytest.approx(1.0, abs=1e-3)]
     assert not flicker["passed"] and flicker["max_luma_jump"] > 0.06
     assert any(reason.startswith("flicker: brightness jump") for reason in flicker["reasons"])
+
+
+def lora_graph(character: str | None) -> dict:
+    model_and_clip = ["1", 1]
+    graph = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": RANDOM_CHECKPOINT_NAME}}}
+    if character:
+        graph["2"] = {"class_type": "ShotlineLoadCharacter", "inputs": {"character": character}}
+        graph["3"] = {"class_type": "ShotlineApplyCharacterLoras", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "character": ["2", 0], "strength_scale": 1.0}}
+        model_and_clip = ["3", 1]
+    graph["4"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a red scarf", "clip": model_and_clip}}
+    graph["5"] = {"class_type": "PreviewAny", "inputs": {"source": ["4", 0]}}
+    return graph
+
+
+def test_character_loras_change_the_text_encoder_and_a_missing_one_is_named(comfy, comfy_server):
+    import torch
+    from safetensors.torch import save_file
+    generator = torch.Generator().manual_seed(0)
+    prefix = "lora_te_text_model_encoder_layers_0_mlp_fc1"  # a LoRA on CLIP-L's first MLP layer
+    save_file({f"{prefix}.lora_up.weight": torch.randn(3072, 4, generator=generator),
+               f"{prefix}.lora_down.weight": torch.randn(4, 768, generator=generator),
+               f"{prefix}.alpha": torch.tensor(4.0)}, str(comfy_server.loras_dir / "scarf.safetensors"))
+    for folder, lora in (("with_lora", "scarf.safetensors"), ("lost_lora", "missing.safetensors")):
+        write_character(comfy_server.characters_dir, folder, parse_sheet({
+            "name": folder, "design_prompt": "x", "loras": [{"name": lora, "strength": 1.0}]}), {})
+
+    plain = comfy.run(lora_graph(None))["outputs"]["5"]["text"][0]
+    with_lora = comfy.run(lora_graph("with_lora"))
+    assert with_lora["status"]["status_str"] == "success", with_lora["status"]
+    assert with_lora["outputs"]["5"]["text"][0] != plain  # the LoRA reached the text encoder
+
+    missing = comfy.run(lora_graph("lost_lora"))
+    assert missing["status"]["status_str"] == "error"
+    error = next(data for kind, data in missing["status"]["messages"] if kind == "execution_error")
+    assert "missing.safetensors" in error["exception_message"] and "loras" in error["exception_message"]
