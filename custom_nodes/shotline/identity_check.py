@@ -8,7 +8,6 @@ Backends (a face detector + an embedder, always used together):
     auto         photo characters: insightface when a pack is installed, else dlib;
                  anime characters: anime when both ONNX files are installed, else dlib
 """
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from comfy_api.latest import io
 
 from . import model_folders
 from .character_library import Character
+from .check_outputs import check_outputs, verdict_output
 from .core.face_embedding import load_embedder
 from .core.faces import load_detector
 from .core.gallery_cache import GalleryCache, backend_key, reference_embedder
@@ -163,12 +163,7 @@ class IdentityCheck(io.ComfyNode):
                 io.Float.Input("min_pass_share", default=1.0, min=0.0, max=1.0, step=0.05,
                                tooltip="Share of frames of a batch that must pass (lower it to forgive a blink)."),
             ],
-            outputs=[
-                io.Image.Output(display_name="image"),
-                io.Float.Output(display_name="score", tooltip="The lowest character IDR over the frames."),
-                io.Boolean.Output(display_name="passed"),
-                io.String.Output(display_name="verdict_json"),
-            ],
+            outputs=check_outputs(score_tooltip="The lowest character IDR over the frames."),
         )
 
     @classmethod
@@ -193,5 +188,4 @@ class IdentityCheck(io.ComfyNode):
             progress.update(1)
         verdict = aggregate_frames(frames, min_pass_share=min_pass_share, threshold=thresholds)
         verdict["backend"] = galleries[0].backend
-        return io.NodeOutput(image, verdict["score"], verdict["passed"], json.dumps(verdict),
-                             ui={"shotline_verdict": [verdict]})
+        return verdict_output(image, verdict)

@@ -1,9 +1,8 @@
 """ShotQualityScore: sharpness, contrast, exposure and resolution verdict for an IMAGE batch."""
-import json
-
 import comfy.utils
 from comfy_api.latest import io
 
+from .check_outputs import check_outputs, verdict_output
 from .core.image_quality import QualityThresholds, assess_batch
 
 DEFAULTS = QualityThresholds()
@@ -31,12 +30,7 @@ class ShotQualityScore(io.ComfyNode):
                 io.Int.Input("min_side", default=DEFAULTS.min_side, min=1, max=16384, step=8,
                              tooltip="Shortest side in pixels an image must have."),
             ],
-            outputs=[
-                io.Image.Output(display_name="image", tooltip="The input, unchanged, to chain further checks."),
-                io.Float.Output(display_name="score", tooltip="0..1; the worst image's score for a batch."),
-                io.Boolean.Output(display_name="passed", tooltip="True when every image passes every check."),
-                io.String.Output(display_name="verdict_json", tooltip="Every measurement, score and reason."),
-            ],
+            outputs=check_outputs(score_tooltip="0..1; the worst image's score for a batch."),
         )
 
     @classmethod
@@ -44,6 +38,4 @@ class ShotQualityScore(io.ComfyNode):
         thresholds = QualityThresholds(min_sharpness, min_contrast, max_clipped, min_side)
         progress = comfy.utils.ProgressBar(image.shape[0])
         verdict = assess_batch(image.cpu().numpy(), thresholds, on_image=lambda: progress.update(1))
-        # The ui entry lands in /history, where the controller reads the verdict.
-        return io.NodeOutput(image, verdict["score"], verdict["passed"], json.dumps(verdict),
-                             ui={"shotline_verdict": [verdict]})
+        return verdict_output(image, verdict)

@@ -3,6 +3,7 @@ import json
 
 from comfy_api.latest import io
 
+from .check_outputs import verdict_output
 from .core.shot_verdict import BandThresholds, decide_band
 
 DEFAULTS = BandThresholds()
@@ -62,5 +63,4 @@ class ShotVerdict(io.ComfyNode):
                                     golden_at=golden_at)
         verdict = decide_band(_parse("quality_verdict", quality_verdict), _parse("identity_verdict", identity_verdict),
                               _parse("temporal_verdict", temporal_verdict), thresholds)
-        return io.NodeOutput(image, verdict["passed"], verdict["band"], json.dumps(verdict),
-                             ui={"shotline_verdict": [verdict]})
+        return verdict_output(image, verdict, verdict["passed"], verdict["band"])

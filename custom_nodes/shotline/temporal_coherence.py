@@ -1,8 +1,7 @@
 """Temporal Coherence: consecutive-frame SSIM and brightness flicker of a video shot's frames."""
-import json
-
 from comfy_api.latest import io
 
+from .check_outputs import check_outputs, verdict_output
 from .core.temporal import TemporalThresholds, assess_frames
 
 DEFAULTS = TemporalThresholds()
@@ -25,17 +24,11 @@ class TemporalCoherence(io.ComfyNode):
                 io.Float.Input("max_luma_jump", default=DEFAULTS.max_luma_jump, min=0.001, max=1.0, step=0.005,
                                tooltip="Largest change of mean brightness (0..1) between consecutive frames."),
             ],
-            outputs=[
-                io.Image.Output(display_name="frames"),
-                io.Float.Output(display_name="score"),
-                io.Boolean.Output(display_name="passed"),
-                io.String.Output(display_name="verdict_json"),
-            ],
+            outputs=check_outputs(images="frames"),
         )
 
     @classmethod
     def execute(cls, frames, min_ssim, max_luma_jump) -> io.NodeOutput:
         result = assess_frames(frames.cpu().numpy(), TemporalThresholds(min_ssim=min_ssim, max_luma_jump=max_luma_jump))
         verdict = {"check": "temporal", **result.as_dict()}
-        return io.NodeOutput(frames, verdict["score"], verdict["passed"], json.dumps(verdict),
-                             ui={"shotline_verdict": [verdict]})
+        return verdict_output(frames, verdict)
