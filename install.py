@@ -231,7 +231,6 @@ def main() -> int:
 
     project = pyproject()
     pack_requirements = project["project"]["dependencies"]
-    extras = project["project"]["optional-dependencies"]
     stamp = fingerprint(ROOT / "pyproject.toml", str(comfyui), str(comfy_python), COMFYUI_CARRIER, *TORCH_PACKAGES)
     if state.get("stamp") != stamp or not (comfyui / "main.py").exists():
         if managed:

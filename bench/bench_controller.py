@@ -441,7 +441,7 @@ def print_table(args, r: dict) -> None:
                      ">= 3.6x with 4" if n == 4 else "-"))
     rows += [
         (f"submit_batch of {args.queued:,} shots (row by row)", f"{mem['submit_s']:.2f} s", "-"),
-        (f"same rows with one executemany", f"{mem['executemany_s']:.2f} s", "-"),
+        ("same rows with one executemany", f"{mem['executemany_s']:.2f} s", "-"),
         (f"claim() latency with {args.queued:,} queued", f"{mem['claim_ms_median']:.1f} ms (median of 20)", "-"),
         (f"controller RSS, {args.queued:,} queued, Dispatcher connected",
          f"{mem['rss_mb']:.0f} MB (peak {mem['hwm_mb']:.0f}, at start {mem['rss_start_mb']:.0f})", "< 300 MB"),

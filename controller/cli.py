@@ -85,14 +85,14 @@ async def start_local_comfy(settings: Settings):
         await asyncio.to_thread(server.stop)
 
 
-def print_summary(rows: list[dict]) -> None:
+def print_summary(shots: list[dict]) -> None:
+    """The table a render ends with, from ShotQueue.batch_shots rows (or the service's JSON of them)."""
+    for shot in shots:
+        if shot.get("error"):
+            print(f"  {shot['shot_key']}: {shot['error'].strip().splitlines()[0]}")
     headers = ("shot", "status", "attempts", "score", "output")
-    for row in rows:
-        if row.get("error"):
-            print(f"  {row['shot']}: {row['error'].strip().splitlines()[0]}")
-    table = [[str(row[h]) if row[h] is not None else "-" for h in headers] for row in rows]
-    for row, source in zip(table, rows):
-        row[3] = f"{source['score']:.3f}" if source["score"] is not None else "-"
+    table = [[shot["shot_key"], shot["status"], str(shot["attempts"]),
+              "-" if shot["score"] is None else f"{shot['score']:.3f}", shot["output"] or "-"] for shot in shots]
     widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(headers)]
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
     for row in table:
@@ -106,7 +106,7 @@ async def render_command(args) -> int:
     settings = load_settings()
     started = time.monotonic()
     async with open_database(settings) as pool, open_comfy(settings, args.comfy) as (url, _server):
-        queue, store = ShotQueue(pool), ShotStore(pool)
+        queue = ShotQueue(pool)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             backend = ComfyBackend(url, session)
@@ -125,7 +125,7 @@ async def render_command(args) -> int:
                     await Dispatcher(pool, [backend]).run(until=finished)
                 finally:
                     await backend.close()
-            rows = await store.batch_summary(batch_id)
+            rows = await queue.batch_shots(batch_id)
     print(f"\nbatch {batch_id}: {len(shots)} shots in {time.monotonic() - started:.1f} s")
     print_summary(rows)
     return 1 if any(row["status"] == "failed" for row in rows) else 0
@@ -157,9 +157,7 @@ async def render_on_server(args, shots_text: str) -> int:
                     break
                 await asyncio.sleep(0.5)
         async with session.get(f"{base}/api/v1/batches/{batch_id}/shots") as response:
-            shots = await response.json()
-    rows = [{"shot": s["shot_key"], "status": s["status"], "attempts": s["attempts"], "score": s["score"],
-             "output": s["output"]} for s in shots["shots"]]
+            rows = (await response.json())["shots"]
     print_summary(rows)
     return 1 if any(row["status"] == "failed" for row in rows) else 0
 
@@ -187,19 +185,12 @@ async def serve_command(args) -> int:
         await web.TCPSite(runner, args.host, args.port).start()
         print(f"Shotline service on http://{args.host}:{args.port} (OpenAPI: /openapi.json), "
               f"{len(backends)} ComfyUI backend(s): {', '.join(urls)}", flush=True)
-        stop = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-        work = asyncio.create_task(dispatcher.run(until=lambda: _is_set(stop)))
-        await stop.wait()
-        await work
+            asyncio.get_running_loop().add_signal_handler(signum, dispatcher.stop)
+        await dispatcher.run()  # until a signal; the shots it holds then go back to the queue
         for backend in backends:
             await backend.close()
     return 0
-
-
-async def _is_set(event: asyncio.Event) -> bool:
-    return event.is_set()
 
 
 async def status_command(args) -> int:
@@ -213,8 +204,7 @@ async def status_command(args) -> int:
                 return 1
             print(f"batch {batch['id']} ({batch['source']}): {batch['done']}/{batch['total']} done, "
                   + ", ".join(f"{k} {v}" for k, v in sorted(batch["counts"].items())))
-            print_summary([{"shot": s["shot_key"], "status": s["status"], "attempts": s["attempts"],
-                            "score": s["score"], "output": s["output"]} for s in await queue.batch_shots(args.batch)])
+            print_summary(await queue.batch_shots(args.batch))
             return 0
         async with pool.connection() as conn:
             rows = await (await conn.execute(

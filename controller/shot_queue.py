@@ -155,7 +155,9 @@ class ShotQueue:
                 "  (SELECT v.details FROM verdicts v JOIN attempts a ON a.id = v.attempt_id WHERE a.shot_id = s.id "
                 "   ORDER BY a.attempt_no DESC, (v.check_name = 'shot') DESC, v.id LIMIT 1) AS verdict, "
                 "  (SELECT o.subfolder || '/' || o.filename FROM outputs o JOIN attempts a ON a.id = o.attempt_id "
-                "   WHERE a.shot_id = s.id ORDER BY a.attempt_no DESC, o.id LIMIT 1) AS output "
+                "   WHERE a.shot_id = s.id ORDER BY a.attempt_no DESC, o.id LIMIT 1) AS output, "
+                "  (SELECT coalesce(a.error->>'exception_message', a.error->'error'->>'message') FROM attempts a "
+                "   WHERE a.shot_id = s.id ORDER BY a.attempt_no DESC LIMIT 1) AS error "
                 "FROM shots s WHERE s.batch_id = %s ORDER BY s.position", (batch_id,))
             rows = await cursor.fetchall()
         for row in rows:

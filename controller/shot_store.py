@@ -122,21 +122,6 @@ class ShotStore:
             await conn.execute("UPDATE shots SET status = %s, claimed_by = NULL, lease_until = NULL, updated_at = now() "
                                "WHERE id = %s AND status IN ('queued', 'running')", (status, shot_id))
 
-    async def batch_summary(self, batch_id: uuid.UUID) -> list[dict]:
-        async with self.pool.connection() as conn:
-            cursor = await conn.execute(
-                "SELECT s.shot_key, s.status, count(DISTINCT a.id), "
-                "  (SELECT v.score FROM verdicts v JOIN attempts la ON la.id = v.attempt_id "
-                "   WHERE la.shot_id = s.id ORDER BY la.attempt_no DESC, v.id LIMIT 1), "
-                "  (SELECT o.subfolder || '/' || o.filename FROM outputs o JOIN attempts la ON la.id = o.attempt_id "
-                "   WHERE la.shot_id = s.id AND o.kind = 'images' ORDER BY la.attempt_no DESC, o.id LIMIT 1), "
-                "  (SELECT coalesce(la.error->>'exception_message', la.error->'error'->>'message') FROM attempts la "
-                "   WHERE la.shot_id = s.id ORDER BY la.attempt_no DESC LIMIT 1) "
-                "FROM shots s LEFT JOIN attempts a ON a.shot_id = s.id AND a.status <> 'lost' WHERE s.batch_id = %s "
-                "GROUP BY s.id ORDER BY s.position", (batch_id,))
-            return [dict(zip(("shot", "status", "attempts", "score", "output", "error"), row))
-                    for row in await cursor.fetchall()]
-
     async def put_character(self, character) -> uuid.UUID:
         """Record a character (a core.characters.Character) and its references; returns its id."""
         async with self.pool.connection() as conn, conn.transaction():

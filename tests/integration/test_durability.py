@@ -192,3 +192,18 @@ def test_two_controllers_on_one_database_never_run_a_shot_twice(comfy, controlle
     rows = attempts(database_url, batch_id)
     assert all(row["status"] == "succeeded" for row in rows)  # nothing was lost, nothing ran twice
     assert_each_shot_ended_once(rows, 8, {comfy.url: history(comfy.url)})
+
+
+def test_render_submits_to_a_running_service_and_prints_the_table(comfy, controllers, tmp_path):
+    service = controllers([comfy.url])
+    (tmp_path / "two.json").write_text(json.dumps(shots(2, "r")))
+    result = subprocess.run([str(SHOTLINE), "render", str(tmp_path / "two.json"), "--server", service.url,
+                             "--token", TOKEN], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 shots queued on " + service.url in result.stdout
+    table = [line.split() for line in result.stdout.splitlines() if line.startswith("r0")]
+    assert [(row[0], row[1], row[2]) for row in table] == [("r00", "rejected", "1"), ("r01", "rejected", "1")]
+
+    refused = subprocess.run([str(SHOTLINE), "render", str(tmp_path / "two.json"), "--server", service.url,
+                              "--token", "wrong"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "401" in refused.stderr and "Traceback" not in refused.stderr

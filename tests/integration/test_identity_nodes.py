@@ -1,8 +1,5 @@
 """Character Gallery, Identity Check and Shot Verdict inside the real ComfyUI server, read back by the controller."""
 import asyncio
-import json
-import urllib.error
-import urllib.request
 
 import aiohttp
 import cv2
@@ -12,7 +9,7 @@ import pytest
 from controller.comfy_client import ComfyBackend
 from controller.render import collect_results, shot_status
 from shotline.core.characters import parse_sheet, write_character
-from tests.unit.test_faces import jpeg, t1_photo
+from tests.unit.test_faces import jpeg
 from tests.unit.test_identity import group_picture, t1_tiles
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,6 @@ import yaml
 
 from controller.embedded_postgres_server import EmbeddedPostgres
 from controller.presets import preset_path
-from controller.settings import PROJECT_ROOT
 from tests.conftest import public_temp_dir
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from .faces import Face, to_uint8_rgb
-from .models import require_model
+from .models import load_insightface_model, require_model
 
 # InsightFace's ArcFace template: where the 5 landmarks sit in a 112 x 112 aligned crop.
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
@@ -133,15 +133,7 @@ class ArcFaceEmbedder:
     metric = "cosine"
 
     def __init__(self, model_path):
-        path = require_model(model_path, "insightface")
-        try:
-            from insightface.model_zoo import get_model
-        except ImportError as error:
-            raise ImportError("ArcFace embeddings need the `insightface` package: pip install insightface "
-                              "(keep opencv-python below 5)") from error
-        model = get_model(str(path), providers=["CPUExecutionProvider"])
-        if model is None or getattr(model, "taskname", None) != "recognition":
-            raise ValueError(f"{path} is not an InsightFace recognition model (got {type(model).__name__})")
+        path, model = load_insightface_model(model_path, "recognition")
         self.model = model
         self.model_path = str(path)
         self.size = int(model.input_size[0])

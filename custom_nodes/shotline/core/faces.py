@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .models import require_model
+from .models import load_insightface_model, require_model
 
 # Landmark order everywhere (InsightFace's): left eye, right eye, nose tip, left mouth corner, right mouth corner,
 # "left" and "right" as seen in the image.
@@ -110,15 +110,7 @@ class InsightFaceDetector:
     name = "insightface"
 
     def __init__(self, model_path, det_size: int = 640, min_score: float = 0.5):
-        path = require_model(model_path, "insightface")
-        try:
-            from insightface.model_zoo import get_model
-        except ImportError as error:
-            raise ImportError("the InsightFace detector needs the `insightface` package: pip install insightface "
-                              "(keep opencv-python below 5)") from error
-        model = get_model(str(path), providers=["CPUExecutionProvider"])
-        if model is None or getattr(model, "taskname", None) != "detection":
-            raise ValueError(f"{path} is not an InsightFace face detector (got {type(model).__name__})")
+        _, model = load_insightface_model(model_path, "detection")
         model.prepare(-1, input_size=(det_size, det_size), det_thresh=min_score)
         self.model = model
         self.min_score = min_score

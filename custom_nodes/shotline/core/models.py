@@ -44,3 +44,21 @@ def require_model(path, kind: str) -> Path:
     if not resolved.is_file():
         raise ModelMissingError(resolved, hint)
     return resolved
+
+
+INSIGHTFACE_TASKS = {"detection": "face detector", "recognition": "recognition model"}
+
+
+def load_insightface_model(path, task: str):
+    """An InsightFace model file through insightface's own loader, checked to be a `task` model
+    ("detection" or "recognition"): the same route a user's buffalo_l / antelopev2 files take."""
+    path = require_model(path, "insightface")
+    try:
+        from insightface.model_zoo import get_model
+    except ImportError as error:
+        raise ImportError("InsightFace models need the `insightface` package: pip install --no-deps insightface "
+                          "(its declared opencv-python dependency would install OpenCV 5)") from error
+    model = get_model(str(path), providers=["CPUExecutionProvider"])
+    if model is None or getattr(model, "taskname", None) != task:
+        raise ValueError(f"{path} is not an InsightFace {INSIGHTFACE_TASKS[task]} (got {type(model).__name__})")
+    return path, model
