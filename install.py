@@ -45,7 +45,9 @@ TORCH_PACKAGES = ["torch==2.14.1", "torchvision==0.29.1", "torchaudio==2.11.0"]
 COMFYUI_EXTRA_REQUIREMENTS = ["transformers>=4.50.3,<5", "requests"]
 # Packages a user's ComfyUI environment must keep exactly as they are.
 PROTECTED_PACKAGES = ["torch", "torchvision", "torchaudio", "numpy"]
-SYSTEM_PACKAGES: list[str] = []  # Debian packages the pack needs; none yet
+# Debian packages the pack needs: Vulkan loader and OpenMP for the ncnn upscaler (it runs on the CPU without a GPU
+# driver), espeak-ng as the last offline speech engine. Elsewhere than Debian/Ubuntu the user installs them.
+SYSTEM_PACKAGES: list[str] = ["libvulkan1", "libomp5", "espeak-ng"]
 
 
 def log(message: str) -> None:

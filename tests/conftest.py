@@ -9,6 +9,7 @@ import json
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -54,17 +55,18 @@ def comfy_server(settings, model_cache, tmp_path_factory):
     (work / "output").mkdir()
     (work / "characters").mkdir()
     (work / "loras").mkdir()
+    (work / "upscale_models").mkdir()
     extra_paths = work / "extra_model_paths.yaml"
     # the checkpoint cache, and a character library of the tests' own (through extra_model_paths, as users do)
     extra_paths.write_text(f"shotline_tests:\n    base_path: {model_cache}\n    checkpoints: checkpoints\n"
                            f"shotline_test_characters:\n    base_path: {work}\n"
-                           f"    shotline_characters: characters\n    loras: loras\n")
+                           f"    shotline_characters: characters\n    loras: loras\n    upscale_models: upscale_models\n")
     server = LocalComfyServer(settings.comfyui_dir, settings.comfyui_python, log_path=work / "comfyui.log",
                               extra_model_paths=extra_paths, input_dir=work / "input", output_dir=work / "output")
     seconds = server.start()
     print(f"\nComfyUI ready in {seconds:.1f} s at {server.url}")
     server.input_dir, server.output_dir, server.characters_dir = work / "input", work / "output", work / "characters"
-    server.loras_dir = work / "loras"
+    server.loras_dir, server.upscale_models_dir = work / "loras", work / "upscale_models"
     yield server
     server.stop()
 
@@ -102,6 +104,18 @@ class ComfyTestClient:
     def get(self, path: str):
         with urllib.request.urlopen(self.url + path, timeout=30) as response:
             return json.loads(response.read())
+
+    def rejection(self, graph: dict) -> dict:
+        """Queue a graph ComfyUI must refuse; the body of its HTTP 400 (error and node_errors)."""
+        body = json.dumps({"prompt": graph, "client_id": str(uuid.uuid4())}).encode()
+        request = urllib.request.Request(self.url + "/prompt", data=body,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(request, timeout=30).close()
+        except urllib.error.HTTPError as error:
+            assert error.code == 400, error.code
+            return json.loads(error.read())
+        raise AssertionError("ComfyUI accepted a graph it should have refused")
 
     def run(self, graph: dict, timeout: float = 120.0) -> dict:
         """Queue a graph and wait for its /history entry."""

@@ -1,4 +1,6 @@
 """LoadCharacter and ShotVerdict inside the real ComfyUI server."""
+import json
+
 import numpy as np
 import pytest
 
@@ -29,16 +31,9 @@ def test_character_from_an_extra_model_paths_library(comfy, comfy_server):
 
 
 def test_missing_character_is_a_validation_error(comfy):
-    import json
-    import urllib.error
-    import urllib.request
-    body = json.dumps({"prompt": {"1": {"class_type": "ShotlineLoadCharacter", "inputs": {"character": "nobody"}},
-                                  "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}}}}).encode()
-    request = urllib.request.Request(comfy.url + "/prompt", data=body, headers={"Content-Type": "application/json"})
-    with pytest.raises(urllib.error.HTTPError) as caught:
-        urllib.request.urlopen(request, timeout=30)
-    assert caught.value.code == 400
-    assert "nobody" in caught.value.read().decode()
+    rejection = comfy.rejection({"1": {"class_type": "ShotlineLoadCharacter", "inputs": {"character": "nobody"}},
+                                 "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}}})
+    assert "nobody" in json.dumps(rejection)
 
 
 @pytest.mark.parametrize("picture, band", [("sharp", "approve"), ("soft", "review")])
