@@ -28,6 +28,7 @@ from shotline.core.faces import load_detector  # noqa: E402
 from shotline.core.gallery_cache import GalleryCache, backend_key, reference_embedder  # noqa: E402
 from shotline.core.identity import CALIBRATIONS, calibrate  # noqa: E402
 from shotline.core.image_quality import assess_image  # noqa: E402
+from timing import best_seconds  # noqa: E402  (bench/, the script's own folder)
 
 
 def package_file(package: str, *parts: str) -> Path:
@@ -46,13 +47,7 @@ def template(name: str) -> np.ndarray:
 
 
 def best_ms(function, repeat: int) -> float:
-    function()  # warm-up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times) * 1000
+    return best_seconds(function, repeat) * 1000
 
 
 def bench(repeat: int):

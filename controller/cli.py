@@ -19,6 +19,14 @@ from psycopg_pool import AsyncConnectionPool
 from shotline.core.characters import CharacterSheetError, parse_sheet, write_character
 from tqdm import tqdm
 
+from .assemblies import (
+    AssemblyConflict,
+    BatchNotFound,
+    SourceUnavailable,
+    assemble_batch,
+    parse_assembly_request,
+)
+from .assembly import AssemblyError
 from .comfy_client import ComfyBackend, ComfyUnavailable
 from .comfy_server import ComfyStartError, LocalComfyServer
 from .embedded_postgres_server import EmbeddedPostgres, EmbeddedPostgresError
@@ -90,10 +98,13 @@ def print_summary(shots: list[dict]) -> None:
     for shot in shots:
         if shot.get("error"):
             print(f"  {shot['shot_key']}: {shot['error'].strip().splitlines()[0]}")
-    headers = ("shot", "status", "attempts", "score", "output")
-    table = [[shot["shot_key"], shot["status"], str(shot["attempts"]),
-              "-" if shot["score"] is None else f"{shot['score']:.3f}", shot["output"] or "-"] for shot in shots]
-    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(headers)]
+    print_table(("shot", "status", "attempts", "score", "output"),
+                [[shot["shot_key"], shot["status"], str(shot["attempts"]),
+                  "-" if shot["score"] is None else f"{shot['score']:.3f}", shot["output"] or "-"] for shot in shots])
+
+
+def print_table(headers, table: list[list[str]]) -> None:
+    widths = [max([len(h), *(len(r[i]) for r in table)]) for i, h in enumerate(headers)]
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
@@ -219,6 +230,85 @@ async def status_command(args) -> int:
     return 0
 
 
+ASSEMBLY_FLAGS = {"crossfade_s": "--crossfade", "fps": "--fps", "size": "--size", "music": "--music",
+                  "episode": "--episode", "episode.season": "--season", "episode.number": "--episode",
+                  "episode.title": "--title"}
+
+
+def assembly_flag(field: str | None) -> str | None:
+    """The `shotline assemble` flag of a request field (scenes[1] -> --scene)."""
+    if field and field.startswith("scenes"):
+        return "--scene"
+    return ASSEMBLY_FLAGS.get(field)
+
+
+def assembly_request_data(args) -> dict:
+    """The API's JSON form of `shotline assemble`'s flags, so both are checked by one parser."""
+    data = {"crossfade_s": args.crossfade}
+    for name in ("fps", "size"):
+        if getattr(args, name) is not None:
+            data[name] = getattr(args, name)
+    if args.scene:
+        data["scenes"] = args.scene
+    if args.music is not None:
+        data["music"] = str(args.music)
+    if args.episode is not None:
+        data["episode"] = {"season": 1 if args.season is None else args.season, "number": args.episode}
+        if args.title is not None:
+            data["episode"]["title"] = args.title
+    elif args.title is not None or args.season is not None:
+        raise AssemblyError("--season and --title describe an episode: give its number with --episode N", "episode")
+    return data
+
+
+def print_assemblies(records: list[dict]) -> None:
+    print_table(("assembly", "duration", "frames", "size", "path"),
+                [[record["scene"] if record["kind"] == "scene" else f"S{record['season']:02d}E{record['episode']:02d}",
+                  f"{record['duration_s']:.2f} s", str(record["frame_count"]),
+                  f"{record['width']}x{record['height']}@{record['fps']:g}", record["path"]] for record in records])
+
+
+async def assemble_command(args) -> int:
+    """Cut a batch's approved shots into scene MP4s, and those into an episode when --episode is given."""
+    try:
+        request = parse_assembly_request(assembly_request_data(args))
+    except AssemblyError as error:  # name the flag, not the API field
+        print(f"error: {assembly_flag(error.field) or error.field}: {error.message}", file=sys.stderr)
+        return 2
+    settings = load_settings()
+    bars: list[tqdm] = []
+
+    def progress(name: str):
+        bar = tqdm(desc=name, unit="frame", file=sys.stderr)
+        bars.append(bar)
+
+        def update(done: int, total: int) -> None:
+            bar.total, bar.n = total, done
+            bar.refresh()
+            if done == total:
+                bar.close()
+        return update
+
+    try:
+        async with open_database(settings) as pool, aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)) as session:
+            records = await assemble_batch(pool, session, args.batch, request,
+                                           scenes_dir=(args.output or settings.assemblies_dir) / str(args.batch),
+                                           library_dir=args.library or settings.library_dir, progress=progress)
+    except AssemblyError as error:  # a flag the shots cannot take (2), or a file that cannot be read (1)
+        flag = assembly_flag(error.field)
+        print(f"error: {flag + ': ' if flag else ''}{error.message}", file=sys.stderr)
+        return 2 if flag else 1
+    except (BatchNotFound, AssemblyConflict, SourceUnavailable) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        for bar in bars:
+            bar.close()
+    print_assemblies(records)
+    return 0
+
+
 def character_library(settings: Settings, library: Path | None) -> Path:
     if library:
         return library
@@ -270,6 +360,23 @@ def main(argv: list[str] | None = None) -> int:
                        help="how long a claimed shot stays this process's without renewal (default 30)")
     status = commands.add_parser("status", help="recent batches, or one batch's shots")
     status.add_argument("batch", nargs="?", type=uuid.UUID)
+    assemble = commands.add_parser("assemble", help="cut a batch's approved shots into scene MP4s (and an episode)")
+    assemble.add_argument("batch", type=uuid.UUID)
+    assemble.add_argument("--scene", action="append", metavar="KEY",
+                          help="a scene to assemble (repeat for several; default: every scene)")
+    assemble.add_argument("--music", type=Path, metavar="FILE", help="music ducked under the shots' own audio")
+    assemble.add_argument("--crossfade", type=float, default=0.5, metavar="SECONDS",
+                          help="crossfade between shots and between scenes (default 0.5; 0 cuts)")
+    assemble.add_argument("--fps", type=float, metavar="N", help="frame rate (default: the first video shot's, else 24)")
+    assemble.add_argument("--size", metavar="WxH", help="picture size (default: the first shot's)")
+    assemble.add_argument("--season", type=int, metavar="N", help="the episode's season (default 1)")
+    assemble.add_argument("--episode", type=int, metavar="N", help="also cut the scenes into this episode")
+    assemble.add_argument("--title", metavar="TEXT", help="the episode's title (its file name)")
+    assemble.add_argument("--library", type=Path, metavar="DIR",
+                          help="the show folder episodes go to (default: SHOTLINE_LIBRARY or <state>/library)")
+    assemble.add_argument("--output", type=Path, metavar="DIR",
+                          help="where scene MP4s go, in a folder per batch (default: SHOTLINE_ASSEMBLIES or "
+                               "<state>/assemblies)")
     character = commands.add_parser("character", help="manage the character library")
     character_commands = character.add_subparsers(dest="character_command", required=True)
     put = character_commands.add_parser("put", help="create or update a character: sheet + reference images")
@@ -286,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(serve_command(args))
         if args.command == "status":
             return asyncio.run(status_command(args))
+        if args.command == "assemble":
+            return asyncio.run(assemble_command(args))
         if args.server:
             load_shot_list(args.file)  # the same checks before anything is sent
             return asyncio.run(render_on_server(args, args.file.read_text()))

@@ -60,7 +60,12 @@ SCHEMAS = {
                                 "properties": {"width": {"type": "integer"}, "height": {"type": "integer"}}}]},
             "steps": {"type": "integer", "minimum": 1, "maximum": 10000},
             "cfg": {"type": "number", "minimum": 0, "maximum": 100},
-            "checkpoint": {"type": "string"}}},
+            "checkpoint": {"type": "string"},
+            "scene": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", "default": "main",
+                      "description": "the scene the shot is cut into when the batch is assembled"},
+            "duration": {"type": "number", "minimum": 0.2, "maximum": 600, "default": 2.0,
+                         "description": "seconds a still image shot is held in its scene (a video keeps its own "
+                                        "length)"}}},
     "BatchRequest": {
         "type": "object", "required": ["shots"], "additionalProperties": False,
         "properties": {
@@ -132,6 +137,58 @@ SCHEMAS = {
         "created_at": {"type": "string", "format": "date-time"},
         "updated_at": {"type": "string", "format": "date-time"},
         "attempts": {"type": "array", "items": _ref("Attempt")}}},
+    "AssemblyRequest": {
+        "type": "object", "additionalProperties": False,
+        "properties": {
+            "scenes": {"type": "array", "minItems": 1, "items": {"type": "string"},
+                       "description": "scene keys to assemble (default: every scene of the batch)"},
+            "crossfade_s": {"type": "number", "minimum": 0, "maximum": 10, "default": 0.5,
+                            "description": "video and audio crossfade between shots, and between scenes in the "
+                                           "episode; 0 cuts"},
+            "fps": {"type": "number", "minimum": 1, "maximum": 240,
+                    "description": "default: the first video shot's frame rate, else 24"},
+            "size": {"type": "string", "pattern": "^\\s*\\d+\\s*[xX]\\s*\\d+\\s*$",
+                     "description": "WxH, even sides (default: the first shot's size); other shots are scaled to "
+                                    "fit and letterboxed"},
+            "music": {"type": "string", "description": "an audio file on the service's machine, looped or cut to "
+                                                       "each scene and ducked under the shots' own audio"},
+            "episode": {"type": "object", "required": ["season", "number", "title"], "additionalProperties": False,
+                        "description": "also cut the scenes, in shot list order, into "
+                                       "<library>/Season NN/SxxEyy - Title.mp4",
+                        "properties": {"season": {"type": "integer", "minimum": 1, "maximum": 99},
+                                       "number": {"type": "integer", "minimum": 1, "maximum": 99},
+                                       "title": {"type": "string", "minLength": 1}}}}},
+    "AssemblyPart": {"type": "object", "properties": {
+        "position": {"type": "integer"},
+        "shot_id": {"type": ["string", "null"], "format": "uuid"},
+        "shot_key": {"type": ["string", "null"]},
+        "file": {"type": ["string", "null"], "description": "the shot's ComfyUI output that was cut in"},
+        "scene_assembly_id": {"type": ["string", "null"], "format": "uuid"},
+        "scene": {"type": ["string", "null"]},
+        "start_s": {"type": "number", "description": "where the part starts in the cut"},
+        "duration_s": {"type": "number", "description": "how long it lasts, crossfades included"}}},
+    "Assembly": {"type": "object", "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "batch_id": {"type": "string", "format": "uuid"},
+        "kind": {"type": "string", "enum": ["scene", "episode"]},
+        "scene": {"type": ["string", "null"]},
+        "season": {"type": ["integer", "null"]},
+        "episode": {"type": ["integer", "null"]},
+        "title": {"type": ["string", "null"]},
+        "path": {"type": "string", "description": "the MP4 (H.264 + AAC) on the service's machine"},
+        "thumbnail": {"type": "string", "description": "a JPEG of its middle frame"},
+        "duration_s": {"type": "number"},
+        "frame_count": {"type": "integer"},
+        "fps": {"type": "number"},
+        "width": {"type": "integer"},
+        "height": {"type": "integer"},
+        "crossfade_s": {"type": "number", "description": "as applied: a whole number of frames"},
+        "music": {"type": ["string", "null"]},
+        "created_at": {"type": "string", "format": "date-time"},
+        "parts": {"type": "array", "items": _ref("AssemblyPart")}}},
+    "Assemblies": {"type": "object", "properties": {
+        "batch_id": {"type": "string", "format": "uuid"},
+        "assemblies": {"type": "array", "items": _ref("Assembly")}}},
     "Review": {"type": "object", "required": ["decision"], "additionalProperties": False,
                "properties": {"decision": {"type": "string", "enum": ["approve", "reject"]}}},
     "Character": {"type": "object", "properties": {
@@ -205,6 +262,24 @@ PATHS = {
         "responses": {"200": {"description": "an event stream; each event's data is a Batch as JSON",
                               "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                       "400": ERROR, "404": ERROR, "503": _answer("too many open streams", _ref("Error"))}}},
+    "/api/v1/batches/{batch_id}/assemblies": {
+        "post": {
+            "summary": "cut the batch's approved shots into scene MP4s, and the scenes into an episode",
+            "description": "Scenes in order of first appearance in the shot list; only approved shots, each its "
+                           "latest succeeded attempt's video (else last image), fetched from its ComfyUI through "
+                           "/view. Answers when the files are written.",
+            "parameters": [_BATCH_ID], "security": SECURED,
+            "requestBody": {"required": True, "content": _json(_ref("AssemblyRequest"))},
+            "responses": {"201": _answer("the assemblies recorded: scenes in cut order, then the episode",
+                                         _ref("Assemblies")),
+                          "400": ERROR, "401": UNAUTHORIZED, "404": ERROR,
+                          "409": _answer("a scene has no approved shot, or an approved shot has no file",
+                                         _ref("Error")),
+                          "422": _answer("a shot's file cannot be decoded", _ref("Error")),
+                          "502": _answer("a shot's file cannot be fetched from its ComfyUI", _ref("Error"))}},
+        "get": {
+            "summary": "the batch's assemblies, oldest first, with their parts", "parameters": [_BATCH_ID],
+            "responses": {"200": _answer("assemblies", _ref("Assemblies")), "400": ERROR, "404": ERROR}}},
     "/api/v1/shots/{shot_id}": {"get": {
         "summary": "a shot with every attempt, its correction, verdicts and outputs", "parameters": [_SHOT_ID],
         "responses": {"200": _answer("the shot", _ref("Shot")), "400": ERROR, "404": ERROR}}},

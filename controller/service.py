@@ -1,4 +1,5 @@
-"""The HTTP service behind `shotline serve`: submit shot lists, follow and steer them, manage characters.
+"""The HTTP service behind `shotline serve`: submit shot lists, follow and steer them, assemble the approved shots
+into scenes and episodes, manage characters.
 
 JSON everywhere under /api/v1, plus /openapi.json (controller/openapi.py) and /health. Reads are open; every
 write needs `Authorization: Bearer <token>`. A bad request gets 400 `{"error", "field"}` naming the offending
@@ -34,6 +35,15 @@ from shotline.core.characters import (
     write_character,
 )
 
+from .assemblies import (
+    AssemblyConflict,
+    AssemblyStore,
+    BatchNotFound,
+    SourceUnavailable,
+    assemble_batch,
+    parse_assembly_request,
+)
+from .assembly import AssemblyError
 from .openapi import openapi_document
 from .presets import PresetError, load_preset
 from .shot_list import ShotListError, parse_shot_list
@@ -320,6 +330,37 @@ async def review_shot(request: web.Request) -> web.Response:
     queue = request.app[QUEUE]
     return await _shot_transition(request, lambda shot_id: queue.review_shot(shot_id, decision == "approve"),
                                   "only shots in needs_review can be reviewed")
+
+
+# --- assemblies ------------------------------------------------------------------------------------------------
+
+async def create_assemblies(request: web.Request) -> web.Response:
+    """Cut the batch's approved shots into scene MP4s (and an episode); the media work runs in a thread."""
+    batch = await _batch_or_404(request)
+    try:
+        options = parse_assembly_request(await json_object(request))
+    except AssemblyError as error:
+        raise ApiError(400, error.message, error.field) from None
+    settings = request.app[SETTINGS]
+    try:
+        records = await assemble_batch(request.app[POOL], request.app[HTTP_SESSION], batch["id"], options,
+                                       scenes_dir=settings.assemblies_dir / str(batch["id"]),
+                                       library_dir=settings.library_dir)
+    except BatchNotFound as error:  # deleted meanwhile
+        raise ApiError(404, str(error), "batch_id") from None
+    except AssemblyConflict as error:
+        raise ApiError(409, str(error)) from None
+    except SourceUnavailable as error:
+        raise ApiError(502, str(error)) from None
+    except AssemblyError as error:  # a request value the shots cannot take (400), or a file that cannot be read
+        raise ApiError(400 if error.field else 422, error.message, error.field) from None
+    return respond({"batch_id": batch["id"], "assemblies": records}, status=201)
+
+
+async def list_assemblies(request: web.Request) -> web.Response:
+    batch = await _batch_or_404(request)
+    return respond({"batch_id": batch["id"],
+                    "assemblies": await AssemblyStore(request.app[POOL]).assemblies(batch["id"])})
 
 
 # --- event stream ----------------------------------------------------------------------------------------------
@@ -626,6 +667,8 @@ def create_app(pool, settings, token: str, backends: list = (), webhook_secret: 
     app.router.add_get("/api/v1/batches/{batch_id}/shots", get_batch_shots)
     app.router.add_post("/api/v1/batches/{batch_id}/cancel", cancel_batch)
     app.router.add_get("/api/v1/batches/{batch_id}/events", batch_events)
+    app.router.add_post("/api/v1/batches/{batch_id}/assemblies", create_assemblies)
+    app.router.add_get("/api/v1/batches/{batch_id}/assemblies", list_assemblies)
     app.router.add_get("/api/v1/shots/{shot_id}", get_shot)
     app.router.add_post("/api/v1/shots/{shot_id}/cancel", cancel_shot)
     app.router.add_post("/api/v1/shots/{shot_id}/retry", retry_shot)

@@ -2,7 +2,8 @@
 
 install.py records its choices in .shotline/install.json; environment variables override them:
 SHOTLINE_HOME (state folder), SHOTLINE_COMFYUI and SHOTLINE_COMFYUI_PYTHON (a ComfyUI and its Python),
-DATABASE_URL (a PostgreSQL to use instead of the embedded one).
+DATABASE_URL (a PostgreSQL to use instead of the embedded one), SHOTLINE_ASSEMBLIES (where scene MP4s go, in a
+folder per batch) and SHOTLINE_LIBRARY (the show folder episodes go to, as `Season NN/SxxEyy - Title.mp4`).
 """
 from __future__ import annotations
 
@@ -22,10 +23,20 @@ class Settings:
     comfyui_python: Path | None
     extra_model_paths: Path | None
     database_url: str | None
+    assemblies_root: Path | None = None   # default: state_dir/assemblies
+    library_root: Path | None = None      # default: state_dir/library
 
     @property
     def postgres_data_dir(self) -> Path:
         return self.state_dir / "pgdata"
+
+    @property
+    def assemblies_dir(self) -> Path:
+        return self.assemblies_root or self.state_dir / "assemblies"
+
+    @property
+    def library_dir(self) -> Path:
+        return self.library_root or self.state_dir / "library"
 
 
 def load_settings() -> Settings:
@@ -43,4 +54,6 @@ def load_settings() -> Settings:
         comfyui_python=path("SHOTLINE_COMFYUI_PYTHON", "comfyui_python"),
         extra_model_paths=path("SHOTLINE_EXTRA_MODEL_PATHS", "extra_model_paths"),
         database_url=os.environ.get("DATABASE_URL") or None,
+        assemblies_root=path("SHOTLINE_ASSEMBLIES", "assemblies"),
+        library_root=path("SHOTLINE_LIBRARY", "library"),
     )

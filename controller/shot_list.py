@@ -11,6 +11,8 @@
         size: 768x512               # WxH, [W, H] or {width: W, height: H}
         steps: 20                   # optional, like cfg and checkpoint
         image: refs/pose.png        # optional: uploaded to the server that runs the shot (relative to the list)
+        scene: sc01                 # optional: the scene the shot belongs to in the cut (default "main")
+        duration: 2.5               # optional: seconds a still image shot is held in the cut (default 2.0)
 
 A bare list of shots is accepted too. Errors name the field: `shots[1].seed: ...`.
 """
@@ -29,8 +31,13 @@ DEFAULT_SIZE = (512, 512)
 SHOT_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PRESET_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 MAX_SEED = 2**64 - 1  # KSampler's limit
-KNOWN_FIELDS = {"id", "workflow", "prompt", "negative", "seed", "size", "steps", "cfg", "checkpoint", "image"}
+KNOWN_FIELDS = {"id", "workflow", "prompt", "negative", "seed", "size", "steps", "cfg", "checkpoint", "image", "scene",
+                "duration"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+DEFAULT_SCENE = "main"
+SCENE_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a file name too: <scene>.mp4
+DEFAULT_DURATION = 2.0                 # seconds a still is held in the cut
+MIN_DURATION, MAX_DURATION = 0.2, 600.0
 
 
 class ShotListError(ValueError):
@@ -55,6 +62,8 @@ class Shot:
     cfg: float | None = None
     checkpoint: str | None = None
     image: str | None = None       # a local image file, uploaded to the server that runs the shot
+    scene: str = DEFAULT_SCENE     # the scene it belongs to when the batch is assembled
+    duration: float = DEFAULT_DURATION  # seconds a still image is held in the scene's cut
 
     def as_dict(self) -> dict:
         return {key: value for key, value in asdict(self).items() if value is not None}
@@ -128,6 +137,17 @@ def parse_shot(raw, field: str, base_dir: Path | None = None) -> Shot:
             image = str((Path(base_dir) / image).resolve())
         if not Path(image).is_file():
             raise ShotListError(f"{field}.image", f"no such file: {image}")
+    scene = raw.get("scene", DEFAULT_SCENE)
+    if isinstance(scene, int) and not isinstance(scene, bool):
+        scene = str(scene)
+    if not isinstance(scene, str) or not SCENE_KEY_PATTERN.match(scene):
+        raise ShotListError(f"{field}.scene", "must be a scene key like sc01: letters, digits, '.', '_' or '-', "
+                                              f"at most 64, not starting with a symbol; got {scene!r}")
+    duration = raw.get("duration", DEFAULT_DURATION)
+    if isinstance(duration, bool) or not isinstance(duration, (int, float)) \
+            or not MIN_DURATION <= duration <= MAX_DURATION:
+        raise ShotListError(f"{field}.duration", f"must be a number of seconds from {MIN_DURATION:g} to "
+                                                 f"{MAX_DURATION:g}, got {duration!r}")
     return Shot(
         id=shot_id,
         workflow=workflow,
@@ -140,6 +160,8 @@ def parse_shot(raw, field: str, base_dir: Path | None = None) -> Shot:
         cfg=None if cfg is None else float(cfg),
         checkpoint=checkpoint,
         image=image,
+        scene=scene,
+        duration=float(duration),
     )
 
 

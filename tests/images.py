@@ -18,3 +18,60 @@ def comfy_example_image() -> np.ndarray:
 
 def blurred(image: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(image, (0, 0), sigma)
+
+
+def cel_background(size: int, seed: int = 0) -> np.ndarray:
+    """An anime-like (size, size, 3) float RGB scene: flat sky and ground, flat discs with dark outlines."""
+    rng = np.random.default_rng(seed)
+    image = np.empty((size, size, 3), np.float32)
+    image[:] = (0.55, 0.75, 0.95)
+    cv2.rectangle(image, (0, int(size * 0.65)), (size, size), (0.35, 0.6, 0.3), -1)
+    for _ in range(6):
+        colour = tuple(float(v) for v in rng.random(3))
+        x, y = (int(v) for v in rng.integers(0, size, 2))
+        radius = int(rng.integers(size // 16, size // 6))
+        cv2.circle(image, (x, y), radius, colour, -1, cv2.LINE_AA)
+        cv2.circle(image, (x, y), radius, (0.1, 0.1, 0.1), max(1, size // 128), cv2.LINE_AA)
+    return image
+
+
+def cel_sprite(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A flat-coloured outlined face, size // 3 px square, and its alpha (both float)."""
+    rng = np.random.default_rng(seed + 1)
+    side = size // 3
+    sprite = np.empty((side, side, 3), np.float32)
+    sprite[:] = (0.95, 0.8, 0.7)
+    alpha = np.zeros((side, side), np.float32)
+    axes = (side // 2 - 2, side // 2 - 6)
+    cv2.ellipse(alpha, (side // 2, side // 2), axes, 0, 0, 360, 1, -1, cv2.LINE_AA)
+    cv2.ellipse(sprite, (side // 2, side // 2), axes, 0, 0, 360, (0.1, 0.1, 0.1), max(1, size // 128), cv2.LINE_AA)
+    for k in range(5):
+        colour = tuple(float(v) for v in rng.random(3))
+        centre = (int(side * 0.3 + k * side * 0.1), int(side * 0.35 + (k % 2) * side * 0.25))
+        cv2.circle(sprite, centre, side // 12, colour, -1, cv2.LINE_AA)
+    cv2.line(sprite, (side // 4, int(side * 0.7)), (3 * side // 4, int(side * 0.7)), (0.6, 0.1, 0.1),
+             max(1, size // 100), cv2.LINE_AA)
+    return sprite, alpha
+
+
+def cel_frame(size: int, offset: tuple[int, int] = (0, 0), seed: int = 0) -> np.ndarray:
+    """The cel background with the sprite pasted at (size // 6, size // 3) + offset (x, y) pixels."""
+    image = cel_background(size, seed)
+    sprite, alpha = cel_sprite(size, seed)
+    side = sprite.shape[0]
+    x, y = size // 6 + offset[0], size // 3 + offset[1]
+    region = image[y:y + side, x:x + side]
+    image[y:y + side, x:x + side] = alpha[..., None] * sprite + (1 - alpha[..., None]) * region
+    return image
+
+
+def moving_sprite_clip(count: int, size: int, step: int, seed: int = 0) -> np.ndarray:
+    """(count, size, size, 3) frames: the sprite moves `step` px right and step/2 px down per frame over a still
+    background, so frame k is the ground truth for any in-between of frames 0 and count-1."""
+    return np.stack([cel_frame(size, (k * step, k * step // 2), seed) for k in range(count)])
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB of two float images in 0..1."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1 / mse)

@@ -11,9 +11,11 @@ CHARACTERS = "shotline_characters"        # models/shotline_characters/<characte
 INSIGHTFACE = "insightface"               # models/insightface/models/<pack>/*.onnx (buffalo_l, antelopev2)
 ANIME_FACE_DETECTORS = "anime_face_detectors"  # models/anime_face_detectors/*.onnx
 CHARACTER_EMBEDDERS = "character_embedders"    # models/character_embedders/*.onnx (CCIP-style)
+PIPER_VOICES = "piper_voices"                  # models/piper_voices/<voice>.onnx + <voice>.onnx.json
+RIFE = "rife"                                  # models/rife/<model>/flownet.param + flownet.bin (ncnn)
 
 _EXTENSIONS = {CHARACTERS: set(), INSIGHTFACE: {".onnx"}, ANIME_FACE_DETECTORS: {".onnx"},
-               CHARACTER_EMBEDDERS: {".onnx"}}
+               CHARACTER_EMBEDDERS: {".onnx"}, PIPER_VOICES: {".onnx"}, RIFE: set()}
 
 for _name, _extensions in _EXTENSIONS.items():
     folder_paths.add_model_folder_path(_name, os.path.join(folder_paths.models_dir, _name), is_default=True)

@@ -60,7 +60,8 @@ async def sql(pool, query, params=()):
 
 def test_submit_records_the_batch_and_its_shots(database_url, tmp_path):
     async def work(client, pool):
-        created = await submit(client, [{"id": "s1", "prompt": "rooftop", "seed": 7}, {"id": "s2", "prompt": "rain"}],
+        created = await submit(client, [{"id": "s1", "prompt": "rooftop", "seed": 7, "scene": "sc02", "duration": 3.5},
+                                        {"id": "s2", "prompt": "rain"}],
                                defaults={"size": "768x512"}, max_attempts=5, priority=3,
                                webhook_url="http://example.invalid/hook")
         rows = await sql(pool, "SELECT s.id, s.shot_key, s.status, s.params, s.max_attempts, s.priority, "
@@ -79,6 +80,8 @@ def test_submit_records_the_batch_and_its_shots(database_url, tmp_path):
         ("s1", "queued", 5, 3, "api", "http://example.invalid/hook"),
         ("s2", "queued", 5, 3, "api", "http://example.invalid/hook")]
     assert rows[0][3]["seed"] == 7 and (rows[0][3]["width"], rows[0][3]["height"]) == (768, 512)
+    assert (rows[0][3]["scene"], rows[0][3]["duration"], rows[1][3]["scene"], rows[1][3]["duration"]) == (
+        "sc02", 3.5, "main", 2.0)
     assert yaml_status == 201 and len(from_yaml["shot_ids"]) == 1
     assert (batch["total"], batch["done"], batch["counts"], batch["finished"]) == (2, 0, {"queued": 2}, False)
     assert [s["shot_key"] for s in shots["shots"]] == ["s1", "s2"] and shots["total"] == 2
@@ -92,6 +95,8 @@ def test_submit_records_the_batch_and_its_shots(database_url, tmp_path):
     ({"shots": [{"id": "a", "prompt": "x"}], "webhook_url": "file:///etc/passwd"}, "webhook_url"),
     ({"shots": [{"id": "a", "prompt": "x"}], "colour": "red"}, "colour"),
     ({"shots": [{"id": "a", "prompt": "x", "workflow": "no_such_preset"}]}, "shots[0].workflow"),
+    ({"shots": [{"id": "a", "prompt": "x", "scene": "sc 1"}]}, "shots[0].scene"),
+    ({"shots": [{"id": "a", "prompt": "x", "duration": 0}]}, "shots[0].duration"),
     ({"shots": []}, "shots"),
     ([1, 2], "body"),
 ])

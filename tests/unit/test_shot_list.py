@@ -49,6 +49,14 @@ def test_bare_list_and_size_mapping():
     ({"shots": ["not a shot"]}, "shots[0]"),
     ({"defaults": {"id": "x"}, "shots": [{"prompt": "x"}]}, "defaults.id"),
     ({"scenes": []}, "shots"),
+    ({"shots": [{"id": "a", "prompt": "x", "scene": "../sc01"}]}, "shots[0].scene"),
+    ({"shots": [{"id": "a", "prompt": "x", "scene": ""}]}, "shots[0].scene"),
+    ({"shots": [{"id": "a", "prompt": "x", "scene": ["sc01"]}]}, "shots[0].scene"),
+    ({"shots": [{"id": "a", "prompt": "x", "duration": 0.1}]}, "shots[0].duration"),
+    ({"shots": [{"id": "a", "prompt": "x", "duration": 601}]}, "shots[0].duration"),
+    ({"shots": [{"id": "a", "prompt": "x", "duration": "2s"}]}, "shots[0].duration"),
+    ({"shots": [{"id": "a", "prompt": "x", "duration": True}]}, "shots[0].duration"),
+    ({"shots": [{"id": "a", "prompt": "x", "duration": float("nan")}]}, "shots[0].duration"),
 ])
 def test_malformed_lists_name_the_field(data, field):
     assert error_field(data) == field
@@ -78,3 +86,19 @@ def test_a_stored_shot_reads_back_the_same_and_is_validated_again():
     assert shot_from_record(shot.as_dict()) == shot
     with pytest.raises(ShotListError, match=r"shot\.size\.width"):
         shot_from_record({**shot.as_dict(), "width": 130})
+
+
+def test_scene_and_duration_default_and_are_stored():
+    shots = parse_shot_list({"defaults": {"scene": "sc01"}, "shots": [
+        {"id": "a", "prompt": "x"},
+        {"id": "b", "prompt": "y", "duration": 3.5},
+        {"id": "c", "prompt": "z", "scene": "sc02", "duration": 1}]})
+    assert [(s.scene, s.duration) for s in shots] == [("sc01", 2.0), ("sc01", 3.5), ("sc02", 1.0)]
+    [plain] = parse_shot_list([{"id": "a", "prompt": "x"}])
+    assert (plain.scene, plain.duration) == ("main", 2.0)
+    assert shots[2].as_dict()["scene"] == "sc02" and shots[2].as_dict()["duration"] == 1.0
+    from controller.shot_list import shot_from_record
+    assert shot_from_record(shots[1].as_dict()) == shots[1]
+    # a shot stored before scenes existed reads back with the defaults
+    old = {key: value for key, value in shots[1].as_dict().items() if key not in ("scene", "duration")}
+    assert (shot_from_record(old).scene, shot_from_record(old).duration) == ("main", 2.0)

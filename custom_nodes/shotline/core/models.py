@@ -15,6 +15,7 @@ MODEL_FOLDERS = {
     "anime_face": "ComfyUI/models/anime_face_detectors/",  # YOLOv8 single-class face detector, ONNX
     "ccip": "ComfyUI/models/character_embedders/",         # CCIP feature extractor (model_feat.onnx)
     "dlib": "the face_recognition_models package: pip install face_recognition_models",
+    "piper": "ComfyUI/models/piper_voices/",              # <voice>.onnx + <voice>.onnx.json (Piper TTS)
 }
 
 

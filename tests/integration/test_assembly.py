@@ -1,0 +1,194 @@
+"""Assembly end to end: shots rendered on a real ComfyUI, recorded in a real PostgreSQL, cut into scenes and an
+episode through the service's API and `shotline assemble`, their files fetched back through ComfyUI's /view."""
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+from aiohttp.test_utils import TestClient, TestServer
+from psycopg_pool import AsyncConnectionPool
+from shotline.core.video_encode import probe_media
+
+from controller.service import create_app
+from controller.settings import Settings
+
+pytestmark = pytest.mark.integration
+SHOTLINE = Path(sys.executable).parent / "shotline"
+TOKEN = "test-token-" + "x" * 20
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# scene order is first appearance: "opening" (a1, a2, a3), then "alley" (b1), though a3 comes after b1
+SHOTS = {"defaults": {"size": "64x64", "steps": 1, "scene": "opening", "duration": 1.0},
+         "shots": [{"id": "a1", "prompt": "a rooftop at dusk", "seed": 1},
+                   {"id": "a2", "prompt": "a girl on the rooftop", "seed": 2},
+                   {"id": "b1", "prompt": "a dark alley", "seed": 3, "scene": "alley", "duration": 1.5},
+                   {"id": "a3", "prompt": "the girl looks up", "seed": 4}]}
+
+
+@pytest.fixture(scope="module")
+def rendered(postgres, comfy, tmp_path_factory):
+    """A database of its own holding the four shots rendered once on the real ComfyUI; yields (url, batch_id)."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = postgres.replace("/postgres?", f"/{name}?")
+    shot_list = tmp_path_factory.mktemp("lists") / "shots.yaml"
+    shot_list.write_text(yaml.safe_dump(SHOTS))
+    result = subprocess.run([str(SHOTLINE), "render", str(shot_list), "--comfy", comfy.url, "--max-attempts", "1"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "DATABASE_URL": url})
+    assert result.returncode == 0, result.stdout + result.stderr
+    with psycopg.connect(url) as conn:
+        [(batch_id,)] = conn.execute("SELECT id FROM batches").fetchall()
+    yield url, batch_id
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def set_status(url: str, status: str, keys=None) -> None:
+    with psycopg.connect(url) as conn:
+        conn.execute("UPDATE shots SET status = %s WHERE %s::text[] IS NULL OR shot_key = ANY(%s::text[])",
+                     (status, keys, keys))
+
+
+def run_service(url, state_dir, work):
+    settings = Settings(state_dir=state_dir, comfyui_dir=None, comfyui_python=None, extra_model_paths=None,
+                        database_url=url)
+
+    async def main():
+        async with AsyncConnectionPool(url, min_size=1, max_size=4, open=False) as pool:
+            async with TestClient(TestServer(create_app(pool, settings, TOKEN))) as client:
+                return await work(client)
+
+    return asyncio.run(main())
+
+
+def test_scene_and_episode_from_approved_shots(rendered, tmp_path):
+    url, batch_id = rendered
+    set_status(url, "approved")
+    set_status(url, "rejected", ["b1"])
+
+    async def through_the_api(client):
+        answers = {}
+        for name, body in (("all scenes", {"crossfade_s": 0.25}),
+                           ("opening", {"scenes": ["opening"], "crossfade_s": 0.25})):
+            response = await client.post(f"/api/v1/batches/{batch_id}/assemblies", json=body, headers=AUTH)
+            answers[name] = (response.status, await response.json())
+        return answers
+
+    answers = run_service(url, tmp_path / "state", through_the_api)
+    status, refused = answers["all scenes"]
+    assert status == 409 and "scene 'alley' has no approved shot (1 rejected)" in refused["error"]
+    status, created = answers["opening"]
+    assert status == 201, created
+    [scene] = created["assemblies"]
+    path = tmp_path / "state" / "assemblies" / str(batch_id) / "opening.mp4"
+    assert (scene["kind"], scene["scene"], scene["path"]) == ("scene", "opening", str(path))
+    info = probe_media(path)
+    assert (info.video_codec, info.audio_codec, info.width, info.height) == ("h264", "aac", 64, 64)
+    assert info.duration_s == pytest.approx(3 * 1.0 - 2 * 0.25, abs=1 / 24)   # 3 stills x 1 s - 2 crossfades
+    assert (scene["duration_s"], scene["frame_count"], scene["fps"]) == (2.5, 60, 24.0)
+    assert Path(scene["thumbnail"]).is_file() and scene["thumbnail"].endswith("opening.jpg")
+    assert [(p["shot_key"], p["start_s"], p["duration_s"]) for p in scene["parts"]] == [
+        ("a1", 0.0, 1.0), ("a2", 0.75, 1.0), ("a3", 1.5, 1.0)]  # b1 is in another scene; a3 after a2
+    assert all(p["file"].startswith("shotline/") and p["file"].endswith(".png") for p in scene["parts"])
+
+    # the CLI: every scene (b1 approved now) and the episode, named for a media library
+    set_status(url, "approved", ["b1"])
+    result = subprocess.run(
+        [str(SHOTLINE), "assemble", str(batch_id), "--crossfade", "0.25", "--episode", "1", "--title",
+         "Pilot: Night", "--output", str(tmp_path / "scenes"), "--library", str(tmp_path / "My Show")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "DATABASE_URL": url})
+    assert result.returncode == 0, result.stdout + result.stderr
+    episode = tmp_path / "My Show" / "Season 01" / "S01E01 - Pilot - Night.mp4"
+    assert episode.is_file() and episode.with_suffix(".jpg").is_file()
+    assert str(episode) in result.stdout and "S01E01" in result.stdout and "opening" in result.stdout
+    info = probe_media(episode)
+    assert (info.video_codec, info.audio_codec) == ("h264", "aac")
+    assert info.duration_s == pytest.approx(2.5 + 1.5 - 0.25, abs=1 / 24)
+
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT id, kind, scene_key, season, episode, title, output_path, thumbnail_path, "
+                            "duration_s, frame_count, width, height, crossfade_s FROM assemblies "
+                            "WHERE batch_id = %s ORDER BY created_at", (batch_id,)).fetchall()
+        episode_parts = conn.execute(
+            "SELECT s.scene_key, p.start_s, p.duration_s FROM assembly_parts p JOIN assemblies s "
+            "ON s.id = p.scene_assembly_id WHERE p.assembly_id = %s ORDER BY p.position", (rows[-1][0],)).fetchall()
+    assert [(r[1], r[2]) for r in rows] == [("scene", "opening"), ("scene", "opening"), ("scene", "alley"),
+                                            ("episode", None)]
+    assert rows[-1][3:6] == (1, 1, "Pilot: Night") and rows[-1][6] == str(episode)
+    assert [r[8] for r in rows] == [2.5, 2.5, 1.5, 3.75] and rows[2][9] == 36
+    assert all(Path(r[6]).is_file() and Path(r[7]).is_file() for r in rows)
+    assert episode_parts == [("opening", 0.0, 2.5), ("alley", 2.25, 1.5)]
+
+    async def listed(client):
+        response = await client.get(f"/api/v1/batches/{batch_id}/assemblies")
+        return response.status, await response.json()
+
+    status, answer = run_service(url, tmp_path / "state", listed)
+    assert status == 200 and [a["id"] for a in answer["assemblies"]] == [str(r[0]) for r in rows]
+    assert [p["scene"] for p in answer["assemblies"][-1]["parts"]] == ["opening", "alley"]
+
+
+def test_refusals_name_the_field_the_shot_and_the_file(rendered, tmp_path):
+    url, batch_id = rendered
+    set_status(url, "rejected")
+
+    async def work(client):
+        answers = {}
+
+        async def post(name, body, batch=batch_id):
+            response = await client.post(f"/api/v1/batches/{batch}/assemblies", json=body, headers=AUTH)
+            answers[name] = (response.status, await response.json())
+
+        await post("nothing approved", {})
+        await post("bad crossfade", {"crossfade_s": "soft"})
+        await post("bad episode", {"episode": {"season": 1, "number": 100, "title": "x"}})
+        await post("unknown scene", {"scenes": ["finale"]})
+        await post("unknown batch", {}, uuid.uuid4())
+        set_status(url, "approved")
+        await post("too long a crossfade", {"scenes": ["opening"], "crossfade_s": 0.6})
+        with psycopg.connect(url) as conn:  # the ComfyUI that rendered a2 is gone
+            conn.execute("UPDATE attempts SET backend = 'http://127.0.0.1:9' FROM shots "
+                         "WHERE shots.id = attempts.shot_id AND shots.shot_key = 'a2'")
+        await post("backend gone", {"scenes": ["opening"]})
+        answers["unauthorised"] = (await client.post(f"/api/v1/batches/{batch_id}/assemblies", json={})).status
+        return answers
+
+    try:
+        answers = run_service(url, tmp_path / "state", work)
+    finally:
+        with psycopg.connect(url) as conn:
+            conn.execute("UPDATE attempts SET backend = (SELECT backend FROM attempts a JOIN shots s "
+                         "ON s.id = a.shot_id WHERE s.shot_key = 'a1') WHERE backend = 'http://127.0.0.1:9'")
+    status, body = answers["nothing approved"]
+    assert status == 409 and "scene 'opening' has no approved shot (3 rejected)" in body["error"]
+    assert "scene 'alley'" in body["error"]
+    assert (answers["bad crossfade"][0], answers["bad crossfade"][1]["field"]) == (400, "crossfade_s")
+    assert (answers["bad episode"][0], answers["bad episode"][1]["field"]) == (400, "episode.number")
+    assert answers["unknown scene"][0] == 400 and answers["unknown scene"][1]["field"] == "scenes[0]"
+    assert "opening, alley" in answers["unknown scene"][1]["error"]
+    assert answers["unknown batch"][0] == 404
+    status, body = answers["too long a crossfade"]
+    assert (status, body["field"]) == (400, "crossfade_s") and "shot 'a2'" in body["error"]
+    status, body = answers["backend gone"]
+    assert status == 502 and "shot 'a2'" in body["error"] and "http://127.0.0.1:9" in body["error"]
+    assert "output/shotline/" in body["error"] and ".png" in body["error"]
+    assert answers["unauthorised"] == 401
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM assemblies WHERE batch_id = %s AND created_at > now() - "
+                            "interval '1 minute' AND output_path LIKE %s",
+                            (batch_id, f"{tmp_path}%")).fetchone() == (0,)
+
+
+def test_cli_flags_are_checked_before_anything_runs(tmp_path):
+    result = subprocess.run([str(SHOTLINE), "assemble", str(uuid.uuid4()), "--crossfade", "-1"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--crossfade: must be a number from 0 to 10" in result.stderr
+    result = subprocess.run([str(SHOTLINE), "assemble", str(uuid.uuid4()), "--episode", "1"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--title: required" in result.stderr
+    assert "Traceback" not in result.stderr
