@@ -65,7 +65,13 @@ SCHEMAS = {
                       "description": "the scene the shot is cut into when the batch is assembled"},
             "duration": {"type": "number", "minimum": 0.2, "maximum": 600, "default": 2.0,
                          "description": "seconds a still image shot is held in its scene (a video keeps its own "
-                                        "length)"}}},
+                                        "length)"},
+            "frames": {"type": "integer", "minimum": 1, "maximum": 1024,
+                       "description": "video presets: frames generated (the node titled Size, batch_size)"},
+            "fps": {"type": "number", "minimum": 0.1, "maximum": 240,
+                    "description": "video presets: their frame rate before interpolation (node titled Interpolate)"},
+            "dialogue": {"type": "string", "minLength": 1, "maxLength": 2000,
+                         "description": "dialogue presets: the line spoken (node titled Dialogue)"}}},
     "BatchRequest": {
         "type": "object", "required": ["shots"], "additionalProperties": False,
         "properties": {

@@ -9,7 +9,10 @@ and `api/NAME.json` in API format (what the controller queues). Folders in SHOTL
     Negative Prompt   text                     negative
     Sampler           seed, steps, cfg         seed, steps, cfg
     Size              width, height            size
-    Save              filename_prefix          (set by the controller: shotline/<batch>/<shot>)
+                      batch_size               frames
+    Interpolate       source_fps               fps
+    Dialogue          text                     dialogue
+    Save              filename_prefix          (set by the controller: shotline/<batch>/<shot>; every node so titled)
     Input Image       image                    image (uploaded to the server that runs the shot)
 
 Rename a node in the editor to one of these titles to let shots drive it. A preset lacking a titled node the
@@ -38,7 +41,9 @@ SHOT_INPUTS: dict[str, dict[str, str | None]] = {
     "Prompt": {"text": "prompt"},
     "Negative Prompt": {"text": "negative"},
     "Sampler": {"seed": "seed", "steps": "steps", "cfg": "cfg"},
-    "Size": {"width": "width", "height": "height"},
+    "Size": {"width": "width", "height": "height", "batch_size": "frames"},
+    "Interpolate": {"source_fps": "fps"},
+    "Dialogue": {"text": "dialogue"},
     "Save": {"filename_prefix": None},
     "Input Image": {"image": "image"},  # the shot's image, uploaded to the server that runs the shot
 }

@@ -13,6 +13,9 @@
         image: refs/pose.png        # optional: uploaded to the server that runs the shot (relative to the list)
         scene: sc01                 # optional: the scene the shot belongs to in the cut (default "main")
         duration: 2.5               # optional: seconds a still image shot is held in the cut (default 2.0)
+        frames: 8                   # optional, video presets: frames generated, and their rate before
+        fps: 12                     #   interpolation (shot_video makes x2 as many at twice the rate)
+        dialogue: "Where is she?"   # optional, dialogue presets: the line the shot speaks
 
 A bare list of shots is accepted too. Errors name the field: `shots[1].seed: ...`.
 """
@@ -32,7 +35,10 @@ SHOT_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PRESET_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 MAX_SEED = 2**64 - 1  # KSampler's limit
 KNOWN_FIELDS = {"id", "workflow", "prompt", "negative", "seed", "size", "steps", "cfg", "checkpoint", "image", "scene",
-                "duration"}
+                "duration", "frames", "fps", "dialogue"}
+MAX_FRAMES = 1024
+MAX_FPS = 240.0
+MAX_DIALOGUE = 2000  # characters: one line of dialogue, not a script
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 DEFAULT_SCENE = "main"
 SCENE_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a file name too: <scene>.mp4
@@ -64,6 +70,9 @@ class Shot:
     image: str | None = None       # a local image file, uploaded to the server that runs the shot
     scene: str = DEFAULT_SCENE     # the scene it belongs to when the batch is assembled
     duration: float = DEFAULT_DURATION  # seconds a still image is held in the scene's cut
+    frames: int | None = None      # video presets: frames generated (the latent batch)
+    fps: float | None = None       # their frame rate, before interpolation
+    dialogue: str | None = None    # dialogue presets: the line spoken
 
     def as_dict(self) -> dict:
         return {key: value for key, value in asdict(self).items() if value is not None}
@@ -148,6 +157,15 @@ def parse_shot(raw, field: str, base_dir: Path | None = None) -> Shot:
             or not MIN_DURATION <= duration <= MAX_DURATION:
         raise ShotListError(f"{field}.duration", f"must be a number of seconds from {MIN_DURATION:g} to "
                                                  f"{MAX_DURATION:g}, got {duration!r}")
+    frames = raw.get("frames")
+    fps = raw.get("fps")
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0.1 <= fps <= MAX_FPS):
+        raise ShotListError(f"{field}.fps", f"must be a frame rate from 0.1 to {MAX_FPS:g}, got {fps!r}")
+    dialogue = raw.get("dialogue")
+    if dialogue is not None and (not isinstance(dialogue, str) or not dialogue.strip()
+                                 or len(dialogue) > MAX_DIALOGUE):
+        raise ShotListError(f"{field}.dialogue", f"must be a non-empty line of at most {MAX_DIALOGUE} characters, "
+                                                 f"got {dialogue!r:.80}")
     return Shot(
         id=shot_id,
         workflow=workflow,
@@ -162,6 +180,9 @@ def parse_shot(raw, field: str, base_dir: Path | None = None) -> Shot:
         image=image,
         scene=scene,
         duration=float(duration),
+        frames=None if frames is None else _integer(frames, f"{field}.frames", 1, MAX_FRAMES),
+        fps=None if fps is None else float(fps),
+        dialogue=dialogue,
     )
 
 

@@ -34,3 +34,25 @@ def test_preset_renders_with_random_checkpoint(comfy, comfy_server):
     assert 0.0 <= verdict["score"] <= 1.0
     assert verdict["images"][0]["width"] == 128 and verdict["images"][0]["height"] == 96
     assert any("too small: 128x96" in reason for reason in verdict["reasons"])  # the preset asks for 512 px
+
+
+def test_video_preset_renders_a_speaking_mp4_and_its_last_frame(comfy, comfy_server):
+    from shotline.core.video_encode import probe_media
+    shot = parse_shot_list([{"id": "v1", "prompt": "a red scarf", "size": "64x64", "steps": 1, "seed": 3,
+                             "frames": 4, "fps": 6, "dialogue": "Hello there.", "workflow": "shot_video_dialogue"}])[0]
+    graph, _ = fill_preset(load_preset("shot_video_dialogue"), shot, RANDOM_CHECKPOINT_NAME, "tests/video")
+    entry = comfy.run(graph, timeout=300)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    ids = {node["class_type"]: node_id for node_id, node in graph.items()}
+    [media] = entry["outputs"][ids["ShotlineSaveMP4"]]["shotline_media"]
+    info = probe_media(Path(comfy_server.output_dir) / media["subfolder"] / media["filename"])
+    assert (info.video_codec, info.audio_codec) == ("h264", "aac")
+    assert info.frame_count == 7 and info.fps == 12.0  # 4 frames x2 interpolated: 3 new ones, at twice the rate
+    assert (info.width, info.height) == (128, 128)     # animevideov3 x2
+    [speech] = entry["outputs"][ids["ShotlineDialogueSpeech"]]["shotline_speech"]
+    assert speech["engine"] in ("edge-tts", "piper", "espeak-ng")
+    assert speech["duration_s"] > 7 / 12          # the line outlasts the picture, and the file keeps all of it
+    assert abs(info.duration_s - speech["duration_s"]) < 0.05
+    [last] = entry["outputs"][ids["SaveImage"]]["images"]
+    with Image.open(Path(comfy_server.output_dir) / last["subfolder"] / last["filename"]) as image:
+        assert image.size == (128, 128)

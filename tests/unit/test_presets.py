@@ -35,3 +35,21 @@ def test_unknown_preset_lists_the_available_ones():
     with pytest.raises(PresetError, match=r"no preset 'nope'.*available: .*shot_txt2img"):
         load_preset("nope")
 
+
+
+def test_video_preset_takes_frames_fps_and_dialogue():
+    preset = load_preset("shot_video_dialogue")
+    graph, filled = fill_preset(preset, shot(frames=6, fps=8, dialogue="Where is she?"),
+                                checkpoint="m.safetensors", filename_prefix="shotline/b/s1")
+    by_title = {node["_meta"]["title"]: node for node in graph.values()}
+    assert by_title["Size"]["inputs"]["batch_size"] == 6
+    assert by_title["Interpolate"]["inputs"]["source_fps"] == 8.0
+    assert by_title["Dialogue"]["inputs"]["text"] == "Where is she?"
+    saves = [node for node in graph.values() if node["_meta"]["title"] == "Save"]
+    assert {node["class_type"] for node in saves} == {"ShotlineSaveMP4", "SaveImage"}
+    assert all(node["inputs"]["filename_prefix"] == "shotline/b/s1" for node in saves)
+
+
+def test_dialogue_on_a_preset_that_does_not_speak_is_named():
+    with pytest.raises(PresetError, match="no node titled 'Dialogue' for the shot's dialogue"):
+        fill_preset(load_preset("shot_video"), shot(dialogue="Hello"), checkpoint="m", filename_prefix="p")

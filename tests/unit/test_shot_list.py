@@ -57,6 +57,12 @@ def test_bare_list_and_size_mapping():
     ({"shots": [{"id": "a", "prompt": "x", "duration": "2s"}]}, "shots[0].duration"),
     ({"shots": [{"id": "a", "prompt": "x", "duration": True}]}, "shots[0].duration"),
     ({"shots": [{"id": "a", "prompt": "x", "duration": float("nan")}]}, "shots[0].duration"),
+    ({"shots": [{"id": "a", "prompt": "x", "frames": 0}]}, "shots[0].frames"),
+    ({"shots": [{"id": "a", "prompt": "x", "frames": 2.5}]}, "shots[0].frames"),
+    ({"shots": [{"id": "a", "prompt": "x", "fps": 0}]}, "shots[0].fps"),
+    ({"shots": [{"id": "a", "prompt": "x", "fps": float("nan")}]}, "shots[0].fps"),
+    ({"shots": [{"id": "a", "prompt": "x", "dialogue": "  "}]}, "shots[0].dialogue"),
+    ({"shots": [{"id": "a", "prompt": "x", "dialogue": "x" * 2001}]}, "shots[0].dialogue"),
 ])
 def test_malformed_lists_name_the_field(data, field):
     assert error_field(data) == field
@@ -102,3 +108,13 @@ def test_scene_and_duration_default_and_are_stored():
     # a shot stored before scenes existed reads back with the defaults
     old = {key: value for key, value in shots[1].as_dict().items() if key not in ("scene", "duration")}
     assert (shot_from_record(old).scene, shot_from_record(old).duration) == ("main", 2.0)
+
+
+def test_video_fields_are_optional_and_stored():
+    from controller.shot_list import shot_from_record
+    [plain, video] = parse_shot_list([{"id": "a", "prompt": "x"},
+                                      {"id": "b", "prompt": "y", "frames": 8, "fps": 12, "dialogue": "Where is she?"}])
+    assert (plain.frames, plain.fps, plain.dialogue) == (None, None, None)
+    assert "frames" not in plain.as_dict()
+    assert (video.frames, video.fps, video.dialogue) == (8, 12.0, "Where is she?")
+    assert shot_from_record(video.as_dict()) == video
