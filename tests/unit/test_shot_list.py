@@ -1,5 +1,6 @@
 import json
 import zlib
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +119,11 @@ def test_video_fields_are_optional_and_stored():
     assert "frames" not in plain.as_dict()
     assert (video.frames, video.fps, video.dialogue) == (8, 12.0, "Where is she?")
     assert shot_from_record(video.as_dict()) == video
+
+
+@pytest.mark.parametrize("name", ["example_shots.yaml", "example_scene.yaml"])
+def test_example_shot_lists_parse_and_fit_their_presets(name):
+    from controller.presets import fill_preset, load_preset
+    shots = load_shot_list(Path(__file__).resolve().parents[2] / "workflows" / name)
+    for shot in shots:
+        fill_preset(load_preset(shot.workflow), shot, checkpoint="m.safetensors", filename_prefix="p")
