@@ -39,16 +39,23 @@ def choose_checkpoint(shot: Shot, available: list[str]) -> str:
 
 
 def collect_results(history_outputs: dict) -> tuple[list[dict], list[dict]]:
-    """Files and verdicts from a /history entry's outputs."""
-    files, verdicts = [], []
+    """Files and verdicts from a /history entry's outputs. A file a node reports under two keys (Save MP4: its
+    video preview and its probed media) is one file, kept under the first key."""
+    files, verdicts, seen = [], [], set()
     for node_id, ui in history_outputs.items():
         for kind, items in ui.items():
             if kind == VERDICT_UI_KEY:
                 verdicts += [{**verdict, "node_id": node_id} for verdict in items]
             elif isinstance(items, list):
-                files += [{"node_id": node_id, "kind": kind, "filename": item["filename"],
-                           "subfolder": item.get("subfolder", ""), "type": item.get("type", "output")}
-                          for item in items if isinstance(item, dict) and "filename" in item]
+                for item in items:
+                    if not isinstance(item, dict) or "filename" not in item:
+                        continue
+                    file = {"node_id": node_id, "kind": kind, "filename": item["filename"],
+                            "subfolder": item.get("subfolder", ""), "type": item.get("type", "output")}
+                    key = (file["filename"], file["subfolder"], file["type"])
+                    if key not in seen:
+                        seen.add(key)
+                        files.append(file)
     return files, verdicts
 
 

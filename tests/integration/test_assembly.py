@@ -192,3 +192,45 @@ def test_cli_flags_are_checked_before_anything_runs(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--title: required" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_speaking_video_shots_from_the_video_preset_cut_into_a_scene(postgres, comfy, tmp_path):
+    """The whole chain: shot_video_dialogue renders MP4s with speech on the real server, the controller records
+    them, and the scene is cut from those videos (not from their last-frame stills), audio included."""
+    import numpy as np
+    from shotline.core.video_encode import read_video
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = postgres.replace("/postgres?", f"/{name}?")
+    shot_list = tmp_path / "scene.yaml"
+    shot_list.write_text(yaml.safe_dump({
+        "defaults": {"workflow": "shot_video_dialogue", "size": "64x64", "steps": 1, "frames": 6, "fps": 6,
+                     "scene": "talk"},
+        "shots": [{"id": "t1", "prompt": "a girl speaks", "dialogue": "You came after all.", "seed": 1},
+                  {"id": "t2", "prompt": "a boy answers", "dialogue": "I said I would.", "seed": 2}]}))
+    env = {**os.environ, "DATABASE_URL": url}
+    try:
+        result = subprocess.run([str(SHOTLINE), "render", str(shot_list), "--comfy", comfy.url, "--max-attempts",
+                                 "1"], capture_output=True, text=True, timeout=600, env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        with psycopg.connect(url) as conn:
+            [(batch_id,)] = conn.execute("SELECT id FROM batches").fetchall()
+        set_status(url, "approved")  # the random checkpoint's noise would not pass the quality check
+        result = subprocess.run([str(SHOTLINE), "assemble", str(batch_id), "--crossfade", "0.25", "--output",
+                                 str(tmp_path / "scenes")], capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        with psycopg.connect(url) as conn:
+            files = [row[0] for row in conn.execute(
+                "SELECT o.filename FROM assembly_parts p JOIN outputs o ON o.id = p.output_id ORDER BY p.position")]
+    finally:
+        with psycopg.connect(postgres, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    assert len(files) == 2 and all(file.endswith(".mp4") for file in files)
+    scene = tmp_path / "scenes" / str(batch_id) / "talk.mp4"
+    info = probe_media(scene)
+    # each shot: 6 frames at 6 fps, interpolated x2 to 11 frames at 12 fps, upscaled x2; 0.25 s = 3 frames overlap
+    assert (info.video_codec, info.audio_codec, info.fps, info.width, info.height) == ("h264", "aac", 12.0, 128, 128)
+    assert info.frame_count == 2 * 11 - 3
+    _, _, audio, _ = read_video(scene)
+    assert float(np.sqrt(np.mean(audio ** 2))) > 0.01  # the spoken lines are in the cut

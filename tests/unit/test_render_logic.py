@@ -18,3 +18,10 @@ def test_collect_results_reads_files_and_verdicts_from_history_outputs():
     files, verdicts = collect_results(outputs)
     assert files == [{"node_id": "9", "kind": "images", "filename": "a.png", "subfolder": "s", "type": "output"}]
     assert verdicts == [{"check": "quality", "score": 0.5, "passed": False, "node_id": "10"}]
+
+
+def test_a_file_reported_under_two_keys_is_recorded_once():
+    saved = {"filename": "v_00001_.mp4", "subfolder": "shotline", "type": "output"}
+    outputs = {"9": {"images": [saved], "animated": [True], "shotline_media": [{**saved, "duration_s": 1.0}]}}
+    files, _ = collect_results(outputs)
+    assert files == [{"node_id": "9", "kind": "images", **saved}]
