@@ -1,6 +1,9 @@
 """A batch's approved shots assembled into scenes, and the scenes into an episode, recorded in PostgreSQL.
 
-Shared by `shotline assemble` and `POST /api/v1/batches/{id}/assemblies`:
+Shared by `shotline assemble` and `POST /api/v1/batches/{id}/assemblies`, both through a durable job
+(`assembly_jobs`, below): the API checks the request, queues the job and answers 202; a worker in the service
+claims it under a lease, as shots are claimed; the CLI records its job as claimed and runs it in place.
+
 1. `parse_assembly_request` checks the request field by field (errors name the field, as shot lists do).
 2. The batch's shots are grouped by their `scene` (scene order: first appearance in the shot list; shot order:
    the list's). Only `approved` shots are cut in; a scene with none is refused (AssemblyConflict, HTTP 409).
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -25,7 +29,9 @@ from pathlib import Path
 from typing import Callable
 
 import aiohttp
+import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from .assembly import (
@@ -47,6 +53,8 @@ REQUEST_FIELDS = ("scenes", "crossfade_s", "fps", "size", "music", "episode")
 EPISODE_FIELDS = ("season", "number", "title")
 FETCH_CHUNK_BYTES = 1 << 20
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
+
+log = logging.getLogger("shotline.assemblies")
 
 Progress = Callable[[str], Callable[[int, int], None]]  # name of the file -> progress(done, total)
 
@@ -324,3 +332,217 @@ async def assemble_batch(pool: AsyncConnectionPool, session: aiohttp.ClientSessi
         ids.append(await store.record(batch_id, result, [{"scene_assembly_id": assembly_id}
                                                          for assembly_id, _ in scene_results], episode=episode))
     return await store.assemblies(batch_id, ids)
+
+
+# --- durable jobs ----------------------------------------------------------------------------------------------
+# The API queues a job and answers at once; a service's worker claims it (FOR UPDATE SKIP LOCKED) under a lease
+# it renews while the job runs, so a controller that dies leaves the job to be claimed again once the lease
+# lapses. `shotline assemble` records its own job as already claimed and runs it in place: one code path.
+
+JOBS_CHANNEL = "shotline_assembly_jobs"   # NOTIFYed on every new queued job: a worker wakes at once
+JOB_LEASE_SECONDS = 60.0
+JOB_MAX_ATTEMPTS = 3
+
+
+class JobLost(RuntimeError):
+    """This controller's lease on a job lapsed and another took it over: its outcome is not recorded."""
+
+
+@dataclass(frozen=True)
+class AssemblyJob:
+    id: uuid.UUID
+    batch_id: uuid.UUID
+    request: dict                 # the request's JSON form, parsed again when the job runs
+    scenes_dir: Path
+    library_dir: Path
+    attempts: int
+    max_attempts: int
+
+
+def request_json(request: AssemblyRequest) -> dict:
+    """The JSON form of a parsed request: parse_assembly_request(request_json(r)) == r."""
+    data: dict = {"crossfade_s": request.crossfade_s}
+    if request.scenes is not None:
+        data["scenes"] = list(request.scenes)
+    if request.fps is not None:
+        data["fps"] = request.fps
+    if request.size is not None:
+        data["size"] = f"{request.size[0]}x{request.size[1]}"
+    if request.music is not None:
+        data["music"] = str(request.music)
+    if request.episode is not None:
+        data["episode"] = {"season": request.episode.season, "number": request.episode.number,
+                           "title": request.episode.title}
+    return data
+
+
+def failure(error: BaseException) -> tuple[dict, bool]:
+    """A job's error as recorded ({message, field, status}: the HTTP status the request would get) and whether it
+    is the request's or the batch's fault (final) rather than the controller's (worth another attempt)."""
+    if isinstance(error, BatchNotFound):
+        return {"message": str(error), "field": "batch_id", "status": 404}, True
+    if isinstance(error, AssemblyConflict):
+        return {"message": str(error), "field": None, "status": 409}, True
+    if isinstance(error, SourceUnavailable):
+        return {"message": str(error), "field": None, "status": 502}, True
+    if isinstance(error, AssemblyError):  # a value the shots cannot take (400), or a file that cannot be decoded
+        return {"message": error.message, "field": error.field, "status": 400 if error.field else 422}, True
+    return {"message": f"{type(error).__name__}: {error}", "field": None, "status": 500}, False
+
+
+class AssemblyJobs:
+    def __init__(self, pool: AsyncConnectionPool):
+        self.pool = pool
+
+    async def create(self, batch_id: uuid.UUID, request: AssemblyRequest, scenes_dir: Path, library_dir: Path,
+                     claimed_by: str | None = None, lease_seconds: float = JOB_LEASE_SECONDS,
+                     max_attempts: int = JOB_MAX_ATTEMPTS) -> AssemblyJob:
+        """Queue a job (NOTIFYing the workers), or with `claimed_by` record it as already claimed by the caller.
+        BatchNotFound when there is no such batch."""
+        scenes_dir, library_dir = Path(scenes_dir).resolve(), Path(library_dir).resolve()
+        data = request_json(request)
+        async with self.pool.connection() as conn, conn.transaction():
+            row = await (await conn.execute(
+                "INSERT INTO assembly_jobs (batch_id, request, scenes_dir, library_dir, status, claimed_by, "
+                "  lease_until, attempts, max_attempts, started_at) "
+                "SELECT id, %s, %s, %s, %s, %s, CASE WHEN %s::text IS NULL THEN NULL "
+                "  ELSE now() + make_interval(secs => %s) END, %s, %s, CASE WHEN %s::text IS NULL THEN NULL "
+                "  ELSE now() END FROM batches WHERE id = %s RETURNING id",
+                (Jsonb(data), str(scenes_dir), str(library_dir), "running" if claimed_by else "queued", claimed_by,
+                 claimed_by, lease_seconds, 1 if claimed_by else 0, max_attempts, claimed_by, batch_id))).fetchone()
+            if row is None:
+                raise BatchNotFound(f"no batch {batch_id}")
+            if claimed_by is None:
+                await conn.execute("SELECT pg_notify(%s, %s)", (JOBS_CHANNEL, str(row[0])))
+        return AssemblyJob(row[0], batch_id, data, scenes_dir, library_dir, 1 if claimed_by else 0, max_attempts)
+
+    async def reclaim_lapsed(self) -> int:
+        """Jobs whose controller stopped renewing its lease: queued again, or failed once they used every attempt."""
+        async with self.pool.connection() as conn, conn.transaction():
+            lapsed = "status = 'running' AND lease_until < now()"
+            failed = await (await conn.execute(
+                "UPDATE assembly_jobs SET status = 'failed', lease_until = NULL, finished_at = now(), "
+                "  error = jsonb_build_object('message', 'the controller running it (' || claimed_by || ') stopped '"
+                "    || 'before it finished, ' || attempts || ' time(s)' || coalesce('; before that: ' "
+                "    || (error->>'message'), ''), 'field', NULL, 'status', 500) "
+                f"WHERE {lapsed} AND attempts >= max_attempts RETURNING id")).fetchall()
+            queued = await (await conn.execute(
+                "UPDATE assembly_jobs SET status = 'queued', lease_until = NULL, "
+                "  error = jsonb_build_object('message', 'the controller running it (' || claimed_by || ') stopped "
+                "before it finished', 'field', NULL, 'status', 500) "
+                f"WHERE {lapsed} AND attempts < max_attempts RETURNING id")).fetchall()
+        return len(failed) + len(queued)
+
+    async def claim(self, worker: str, lease_seconds: float = JOB_LEASE_SECONDS) -> AssemblyJob | None:
+        """The oldest queued job, now running under this worker's lease; None when there is none."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(
+                "WITH next AS (SELECT id FROM assembly_jobs WHERE status = 'queued' ORDER BY created_at "
+                "  FOR UPDATE SKIP LOCKED LIMIT 1) "
+                "UPDATE assembly_jobs j SET status = 'running', claimed_by = %s, "
+                "  lease_until = now() + make_interval(secs => %s), attempts = attempts + 1, started_at = now() "
+                "FROM next WHERE j.id = next.id "
+                "RETURNING j.id, j.batch_id, j.request, j.scenes_dir, j.library_dir, j.attempts, j.max_attempts",
+                (worker, lease_seconds))
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        return AssemblyJob(row["id"], row["batch_id"], row["request"], Path(row["scenes_dir"]),
+                           Path(row["library_dir"]), row["attempts"], row["max_attempts"])
+
+    async def renew(self, job_id: uuid.UUID, worker: str, lease_seconds: float = JOB_LEASE_SECONDS) -> bool:
+        """Extend this worker's lease; False when it no longer holds the job."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "UPDATE assembly_jobs SET lease_until = now() + make_interval(secs => %s) "
+                "WHERE id = %s AND claimed_by = %s AND status = 'running' RETURNING id",
+                (lease_seconds, job_id, worker))
+            return await cursor.fetchone() is not None
+
+    async def _end(self, job_id: uuid.UUID, worker: str, assignments: str, params: tuple) -> bool:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                f"UPDATE assembly_jobs SET {assignments}, lease_until = NULL "
+                "WHERE id = %s AND claimed_by = %s AND status = 'running' RETURNING id", (*params, job_id, worker))
+            return await cursor.fetchone() is not None
+
+    async def finish(self, job_id: uuid.UUID, worker: str, assembly_ids: list[uuid.UUID]) -> bool:
+        return await self._end(job_id, worker, "status = 'done', error = NULL, assembly_ids = %s, "
+                               "finished_at = now()", (list(assembly_ids),))
+
+    async def fail(self, job_id: uuid.UUID, worker: str, error: dict, final: bool) -> bool:
+        """Record a failure: the job ends failed when it is final or its attempts are used up, else is queued
+        again."""
+        return await self._end(
+            job_id, worker, "status = CASE WHEN %s OR attempts >= max_attempts THEN 'failed' ELSE 'queued' END, "
+            "error = %s, finished_at = CASE WHEN %s OR attempts >= max_attempts THEN now() END",
+            (final, Jsonb(error), final))
+
+    async def release(self, job_id: uuid.UUID, worker: str) -> bool:
+        """Give a job back to the queue unfinished (a service shutting down): the claim does not count."""
+        return await self._end(job_id, worker, "status = 'queued', attempts = greatest(attempts - 1, 0)", ())
+
+    async def job(self, job_id: uuid.UUID) -> dict | None:
+        """A job as the API shows it; `assemblies` holds the records once it is done."""
+        async with self.pool.connection() as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(
+                "SELECT id, batch_id, status, request, error, attempts, max_attempts, claimed_by, lease_until, "
+                "  created_at, started_at, finished_at, assembly_ids FROM assembly_jobs WHERE id = %s", (job_id,))
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        ids = row.pop("assembly_ids")
+        row["assemblies"] = await AssemblyStore(self.pool).assemblies(row["batch_id"], ids) if ids else []
+        return row
+
+
+async def check_assembly(pool: AsyncConnectionPool, batch_id: uuid.UUID, request: AssemblyRequest) -> None:
+    """The cheap checks of a request against the batch, before a job is queued: BatchNotFound, an unknown scene
+    (AssemblyError), a scene with no approved shot or an approved shot with no file (AssemblyConflict)."""
+    rows = await AssemblyStore(pool).batch_shots(batch_id)
+    if rows is None:
+        raise BatchNotFound(f"no batch {batch_id}")
+    _plan_scenes(rows, request.scenes)
+
+
+async def run_assembly_job(pool: AsyncConnectionPool, session: aiohttp.ClientSession, job: AssemblyJob,
+                           worker: str, lease_seconds: float = JOB_LEASE_SECONDS,
+                           progress: Progress | None = None) -> list[dict]:
+    """Run a job this worker has claimed, renewing its lease meanwhile, and record how it ended; returns the
+    assemblies. A failure is recorded and raised again as is (the CLI reports it by its type); JobLost when the
+    lease was lost to another controller, whose run then counts instead."""
+    jobs = AssemblyJobs(pool)
+
+    async def work() -> list[dict]:
+        request = parse_assembly_request(job.request)  # again: a music file may have gone since it was queued
+        return await assemble_batch(pool, session, job.batch_id, request, job.scenes_dir, job.library_dir,
+                                    progress=progress)
+
+    task = asyncio.ensure_future(work())
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=lease_seconds / 3)
+            if task.done():
+                break
+            try:
+                held = await jobs.renew(job.id, worker, lease_seconds)
+            except psycopg.Error as error:  # the database restarting: try again next round, the lease may hold
+                log.warning("assembly job %s: cannot renew the lease: %s", job.id, error)
+                continue
+            if not held:
+                raise JobLost(f"assembly job {job.id}: the lease lapsed and another controller took it over")
+        records = task.result()
+    except (JobLost, asyncio.CancelledError):
+        raise
+    except Exception as error:
+        recorded, final = failure(error)
+        await jobs.fail(job.id, worker, recorded, final)
+        raise
+    finally:
+        if not task.done():
+            task.cancel()
+    if not await jobs.finish(job.id, worker, [record["id"] for record in records]):
+        raise JobLost(f"assembly job {job.id}: the lease lapsed and another controller took it over")
+    return records

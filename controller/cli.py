@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -21,10 +22,12 @@ from tqdm import tqdm
 
 from .assemblies import (
     AssemblyConflict,
+    AssemblyJobs,
     BatchNotFound,
+    JobLost,
     SourceUnavailable,
-    assemble_batch,
     parse_assembly_request,
+    run_assembly_job,
 )
 from .assembly import AssemblyError
 from .comfy_client import ComfyBackend, ComfyUnavailable
@@ -181,8 +184,8 @@ async def serve_command(args) -> int:
         print(f"new API token (kept in {settings.state_dir / 'service_token'}): {token}", flush=True)
     async with AsyncExitStack() as stack:
         urls = list(args.comfy or [])
-        # a connection per dispatcher slot, plus the lease keeper and the API's own requests
-        pool = await stack.enter_async_context(open_database(settings, max(1, len(urls)) * args.slots + 4))
+        # a connection per dispatcher slot, plus the lease keeper, the assembly worker and the API's requests
+        pool = await stack.enter_async_context(open_database(settings, max(1, len(urls)) * args.slots + 5))
         if not urls:
             urls.append((await stack.enter_async_context(start_local_comfy(settings))).url)
         session = await stack.enter_async_context(aiohttp.ClientSession(
@@ -292,14 +295,18 @@ async def assemble_command(args) -> int:
     try:
         async with open_database(settings) as pool, aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)) as session:
-            records = await assemble_batch(pool, session, args.batch, request,
-                                           scenes_dir=(args.output or settings.assemblies_dir) / str(args.batch),
-                                           library_dir=args.library or settings.library_dir, progress=progress)
+            # the same job as the API's, recorded as claimed by this process and run here; one attempt: a
+            # failure is reported now, not retried later by a service
+            worker = f"{socket.gethostname()}:{os.getpid()}:cli:{uuid.uuid4().hex[:6]}"
+            job = await AssemblyJobs(pool).create(
+                args.batch, request, scenes_dir=(args.output or settings.assemblies_dir) / str(args.batch),
+                library_dir=args.library or settings.library_dir, claimed_by=worker, max_attempts=1)
+            records = await run_assembly_job(pool, session, job, worker, progress=progress)
     except AssemblyError as error:  # a flag the shots cannot take (2), or a file that cannot be read (1)
         flag = assembly_flag(error.field)
         print(f"error: {flag + ': ' if flag else ''}{error.message}", file=sys.stderr)
         return 2 if flag else 1
-    except (BatchNotFound, AssemblyConflict, SourceUnavailable) as error:
+    except (BatchNotFound, AssemblyConflict, SourceUnavailable, JobLost) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:

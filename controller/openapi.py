@@ -195,6 +195,32 @@ SCHEMAS = {
     "Assemblies": {"type": "object", "properties": {
         "batch_id": {"type": "string", "format": "uuid"},
         "assemblies": {"type": "array", "items": _ref("Assembly")}}},
+    "AssemblyJobQueued": {"type": "object", "properties": {
+        "job_id": {"type": "string", "format": "uuid"},
+        "status": {"type": "string", "const": "queued"},
+        "location": {"type": "string", "description": "the job's URL path, also in the Location header"}}},
+    "AssemblyJob": {"type": "object", "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "batch_id": {"type": "string", "format": "uuid"},
+        "status": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
+        "request": _ref("AssemblyRequest"),
+        "error": {"type": ["object", "null"],
+                  "description": "the last failure; `status` is the HTTP status the request would have had: 400 a "
+                                 "value the shots cannot take (`field` names it), 409 no approved shot, 422 a file "
+                                 "that cannot be decoded, 502 a file that cannot be fetched (these end the job "
+                                 "at once), 500 the controller's fault (retried up to max_attempts)",
+                  "properties": {"message": {"type": "string"}, "field": {"type": ["string", "null"]},
+                                 "status": {"type": "integer"}}},
+        "attempts": {"type": "integer", "description": "claims so far, a lapsed one (a controller that died) "
+                                                       "included"},
+        "max_attempts": {"type": "integer"},
+        "claimed_by": {"type": ["string", "null"], "description": "the controller running it, or that ran it last"},
+        "lease_until": {"type": ["string", "null"], "format": "date-time"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "started_at": {"type": ["string", "null"], "format": "date-time", "description": "the latest claim"},
+        "finished_at": {"type": ["string", "null"], "format": "date-time"},
+        "assemblies": {"type": "array", "items": _ref("Assembly"),
+                       "description": "once done: the assemblies recorded, scenes in cut order, then the episode"}}},
     "Review": {"type": "object", "required": ["decision"], "additionalProperties": False,
                "properties": {"decision": {"type": "string", "enum": ["approve", "reject"]}}},
     "Character": {"type": "object", "properties": {
@@ -270,22 +296,27 @@ PATHS = {
                       "400": ERROR, "404": ERROR, "503": _answer("too many open streams", _ref("Error"))}}},
     "/api/v1/batches/{batch_id}/assemblies": {
         "post": {
-            "summary": "cut the batch's approved shots into scene MP4s, and the scenes into an episode",
+            "summary": "queue a job that cuts the batch's approved shots into scene MP4s (and an episode)",
             "description": "Scenes in order of first appearance in the shot list; only approved shots, each its "
                            "latest succeeded attempt's video (else last image), fetched from its ComfyUI through "
-                           "/view. Answers when the files are written.",
+                           "/view. The request and the batch are checked first (400, 404, 409); the media work "
+                           "is a durable job in PostgreSQL that a service's worker runs: follow it at `location`.",
             "parameters": [_BATCH_ID], "security": SECURED,
             "requestBody": {"required": True, "content": _json(_ref("AssemblyRequest"))},
-            "responses": {"201": _answer("the assemblies recorded: scenes in cut order, then the episode",
-                                         _ref("Assemblies")),
+            "responses": {"202": {**_answer("queued", _ref("AssemblyJobQueued")), "headers": {
+                              "Location": {"description": "/api/v1/assembly-jobs/{job_id}",
+                                           "schema": {"type": "string"}}}},
                           "400": ERROR, "401": UNAUTHORIZED, "404": ERROR,
                           "409": _answer("a scene has no approved shot, or an approved shot has no file",
-                                         _ref("Error")),
-                          "422": _answer("a shot's file cannot be decoded", _ref("Error")),
-                          "502": _answer("a shot's file cannot be fetched from its ComfyUI", _ref("Error"))}},
+                                         _ref("Error"))}},
         "get": {
             "summary": "the batch's assemblies, oldest first, with their parts", "parameters": [_BATCH_ID],
             "responses": {"200": _answer("assemblies", _ref("Assemblies")), "400": ERROR, "404": ERROR}}},
+    "/api/v1/assembly-jobs/{job_id}": {"get": {
+        "summary": "an assembly job: status, error, timestamps and, once done, its assemblies",
+        "parameters": [{"name": "job_id", "in": "path", "required": True,
+                        "schema": {"type": "string", "format": "uuid"}}],
+        "responses": {"200": _answer("the job", _ref("AssemblyJob")), "400": ERROR, "404": ERROR}}},
     "/api/v1/shots/{shot_id}": {"get": {
         "summary": "a shot with every attempt, its correction, verdicts and outputs", "parameters": [_SHOT_ID],
         "responses": {"200": _answer("the shot", _ref("Shot")), "400": ERROR, "404": ERROR}}},

@@ -5,6 +5,8 @@ JSON everywhere under /api/v1, plus /openapi.json (controller/openapi.py) and /h
 write needs `Authorization: Bearer <token>`. A bad request gets 400 `{"error", "field"}` naming the offending
 value (`shots[1].seed`), never a traceback. Rendering itself is the dispatcher's work: this app only writes to
 and reads from the PostgreSQL queue (controller/shot_queue.py), whose NOTIFYs drive the event streams.
+Assembly requests are durable jobs (`assembly_jobs`): the route queues one and answers 202, and a worker loop in
+this app claims and runs them under a lease (controller/assemblies.py).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
@@ -36,12 +39,15 @@ from shotline.core.characters import (
 )
 
 from .assemblies import (
+    JOBS_CHANNEL,
     AssemblyConflict,
+    AssemblyJobs,
     AssemblyStore,
     BatchNotFound,
-    SourceUnavailable,
-    assemble_batch,
+    JobLost,
+    check_assembly,
     parse_assembly_request,
+    run_assembly_job,
 )
 from .assembly import AssemblyError
 from .openapi import openapi_document
@@ -63,6 +69,7 @@ WEBHOOK_TRIES = 3
 WEBHOOK_BACKOFF_SECONDS = 1.0     # doubled after each failed try
 WEBHOOK_TIMEOUT_SECONDS = 10.0
 BACKEND_STATS_TIMEOUT_SECONDS = 5.0
+ASSEMBLY_POLL_SECONDS = 5.0       # the assembly worker looks for lapsed leases this often; a NOTIFY wakes it at once
 TOKEN_FILE = "service_token"
 YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"}
 BATCH_FIELDS = {"shots", "defaults", "webhook_url", "max_attempts", "priority"}
@@ -75,6 +82,7 @@ WEBHOOK_SECRET = web.AppKey("webhook_secret", bytes)
 BACKENDS = web.AppKey("backends", list)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 WEBHOOK_TASK = web.AppKey("webhook_task", asyncio.Task)
+ASSEMBLY_TASK = web.AppKey("assembly_task", asyncio.Task)
 EVENT_STREAMS = web.AppKey("event_streams", set)
 
 
@@ -335,7 +343,8 @@ async def review_shot(request: web.Request) -> web.Response:
 # --- assemblies ------------------------------------------------------------------------------------------------
 
 async def create_assemblies(request: web.Request) -> web.Response:
-    """Cut the batch's approved shots into scene MP4s (and an episode); the media work runs in a thread."""
+    """Check the request and the batch (the cheap part: every requested scene has an approved shot with a file),
+    then queue a durable job and answer 202 with where to follow it; the assembly worker does the media work."""
     batch = await _batch_or_404(request)
     try:
         options = parse_assembly_request(await json_object(request))
@@ -343,18 +352,23 @@ async def create_assemblies(request: web.Request) -> web.Response:
         raise ApiError(400, error.message, error.field) from None
     settings = request.app[SETTINGS]
     try:
-        records = await assemble_batch(request.app[POOL], request.app[HTTP_SESSION], batch["id"], options,
-                                       scenes_dir=settings.assemblies_dir / str(batch["id"]),
-                                       library_dir=settings.library_dir)
+        await check_assembly(request.app[POOL], batch["id"], options)
+        job = await AssemblyJobs(request.app[POOL]).create(
+            batch["id"], options, scenes_dir=settings.assemblies_dir / str(batch["id"]),
+            library_dir=settings.library_dir)
     except BatchNotFound as error:  # deleted meanwhile
         raise ApiError(404, str(error), "batch_id") from None
     except AssemblyConflict as error:
         raise ApiError(409, str(error)) from None
-    except SourceUnavailable as error:
-        raise ApiError(502, str(error)) from None
-    except AssemblyError as error:  # a request value the shots cannot take (400), or a file that cannot be read
-        raise ApiError(400 if error.field else 422, error.message, error.field) from None
-    return respond({"batch_id": batch["id"], "assemblies": records}, status=201)
+    except AssemblyError as error:  # a scene the batch does not have
+        raise ApiError(400, error.message, error.field) from None
+    location = f"/api/v1/assembly-jobs/{job.id}"
+    return web.json_response({"job_id": str(job.id), "status": "queued", "location": location}, status=202,
+                             headers={"Location": location})
+
+
+async def get_assembly_job(request: web.Request) -> web.Response:
+    return respond(await _found(request, "job_id", AssemblyJobs(request.app[POOL]).job))
 
 
 async def list_assemblies(request: web.Request) -> web.Response:
@@ -620,9 +634,60 @@ async def _webhook_loop(app: web.Application) -> None:
         await asyncio.sleep(WEBHOOK_INTERVAL_SECONDS)
 
 
+async def run_assembly_jobs(app: web.Application, worker: str) -> int:
+    """One round: lapsed leases are reclaimed, then queued jobs are claimed and run one at a time until none is
+    left. A job's failure is recorded by run_assembly_job; here it is only logged."""
+    jobs = AssemblyJobs(app[POOL])
+    await jobs.reclaim_lapsed()
+    ran = 0
+    while (job := await jobs.claim(worker)) is not None:
+        ran += 1
+        try:
+            records = await run_assembly_job(app[POOL], app[HTTP_SESSION], job, worker)
+        except asyncio.CancelledError:  # the service stopping: the job goes back to the queue for the next one
+            await asyncio.shield(jobs.release(job.id, worker))
+            raise
+        except JobLost as error:
+            log.warning("%s", error)
+        except Exception as error:  # noqa: BLE001 - recorded on the job; a worker outlives any one job
+            log.warning("assembly job %s (batch %s, attempt %d) failed: %s: %s", job.id, job.batch_id,
+                        job.attempts, type(error).__name__, error)
+        else:
+            log.info("assembly job %s done: %d file(s)", job.id, len(records))
+    return ran
+
+
+async def _assembly_loop(app: web.Application) -> None:
+    """Claims and runs assembly jobs: woken by the NOTIFY of each new job (LISTEN on a connection of its own),
+    and every ASSEMBLY_POLL_SECONDS regardless, which is when a lapsed lease is noticed."""
+    worker = f"{socket.gethostname()}:{os.getpid()}:assembly:{uuid.uuid4().hex[:6]}"
+    pool = app[POOL]
+    listener = None
+    while True:
+        try:
+            if listener is None or listener.closed:
+                listener = await psycopg.AsyncConnection.connect(pool.conninfo,
+                                                                 **{**(pool.kwargs or {}), "autocommit": True})
+                await listener.execute(f"LISTEN {JOBS_CHANNEL}")
+            await run_assembly_jobs(app, worker)
+            async for _ in listener.notifies(timeout=ASSEMBLY_POLL_SECONDS, stop_after=1):
+                pass
+        except asyncio.CancelledError:
+            if listener is not None:
+                await listener.close()
+            raise
+        except Exception:  # the database restarting must not end the loop
+            log.exception("assembly round failed")
+            if listener is not None:
+                await listener.close()
+                listener = None
+            await asyncio.sleep(ASSEMBLY_POLL_SECONDS)
+
+
 async def _start_background(app: web.Application) -> None:
     app[HTTP_SESSION] = aiohttp.ClientSession()
     app[WEBHOOK_TASK] = asyncio.create_task(_webhook_loop(app), name="shotline-webhooks")
+    app[ASSEMBLY_TASK] = asyncio.create_task(_assembly_loop(app), name="shotline-assembly-jobs")
 
 
 async def _stop_streams(app: web.Application) -> None:
@@ -631,11 +696,12 @@ async def _stop_streams(app: web.Application) -> None:
 
 
 async def _stop_background(app: web.Application) -> None:
-    app[WEBHOOK_TASK].cancel()
-    try:
-        await app[WEBHOOK_TASK]
-    except asyncio.CancelledError:
-        pass
+    for task in (app[WEBHOOK_TASK], app[ASSEMBLY_TASK]):
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
     await app[HTTP_SESSION].close()
 
 
@@ -669,6 +735,7 @@ def create_app(pool, settings, token: str, backends: list = (), webhook_secret: 
     app.router.add_get("/api/v1/batches/{batch_id}/events", batch_events)
     app.router.add_post("/api/v1/batches/{batch_id}/assemblies", create_assemblies)
     app.router.add_get("/api/v1/batches/{batch_id}/assemblies", list_assemblies)
+    app.router.add_get("/api/v1/assembly-jobs/{job_id}", get_assembly_job)
     app.router.add_get("/api/v1/shots/{shot_id}", get_shot)
     app.router.add_post("/api/v1/shots/{shot_id}/cancel", cancel_shot)
     app.router.add_post("/api/v1/shots/{shot_id}/retry", retry_shot)

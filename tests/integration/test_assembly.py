@@ -1,9 +1,11 @@
 """Assembly end to end: shots rendered on a real ComfyUI, recorded in a real PostgreSQL, cut into scenes and an
-episode through the service's API and `shotline assemble`, their files fetched back through ComfyUI's /view."""
+episode through the service's API (a durable job its worker runs) and `shotline assemble`, their files fetched
+back through ComfyUI's /view."""
 import asyncio
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import psycopg
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 from shotline.core.video_encode import probe_media
 
@@ -66,25 +69,46 @@ def run_service(url, state_dir, work):
     return asyncio.run(main())
 
 
+async def post_assembly(client, batch_id, body):
+    """POST an assembly request: (status, body, Location header)."""
+    response = await client.post(f"/api/v1/batches/{batch_id}/assemblies", json=body, headers=AUTH)
+    return response.status, await response.json(), response.headers.get("Location")
+
+
+async def wait_for_job(client, location, timeout=120.0):
+    """Poll an assembly job until it is done or failed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = await client.get(location)
+        assert response.status == 200, await response.text()
+        job = await response.json()
+        if job["status"] in ("done", "failed"):
+            return job
+        assert time.monotonic() < deadline, f"the job is still {job['status']} after {timeout} s: {job}"
+        await asyncio.sleep(0.1)
+
+
 def test_scene_and_episode_from_approved_shots(rendered, tmp_path):
     url, batch_id = rendered
     set_status(url, "approved")
     set_status(url, "rejected", ["b1"])
 
     async def through_the_api(client):
-        answers = {}
-        for name, body in (("all scenes", {"crossfade_s": 0.25}),
-                           ("opening", {"scenes": ["opening"], "crossfade_s": 0.25})):
-            response = await client.post(f"/api/v1/batches/{batch_id}/assemblies", json=body, headers=AUTH)
-            answers[name] = (response.status, await response.json())
-        return answers
+        refused = await post_assembly(client, batch_id, {"crossfade_s": 0.25})
+        queued = await post_assembly(client, batch_id, {"scenes": ["opening"], "crossfade_s": 0.25})
+        return refused, queued, await wait_for_job(client, queued[2])
 
-    answers = run_service(url, tmp_path / "state", through_the_api)
-    status, refused = answers["all scenes"]
-    assert status == 409 and "scene 'alley' has no approved shot (1 rejected)" in refused["error"]
-    status, created = answers["opening"]
-    assert status == 201, created
-    [scene] = created["assemblies"]
+    refused, queued, job = run_service(url, tmp_path / "state", through_the_api)
+    status, body, _ = refused  # checked before anything is queued
+    assert status == 409 and "scene 'alley' has no approved shot (1 rejected)" in body["error"]
+    status, body, location = queued
+    assert status == 202, body
+    assert body == {"job_id": body["job_id"], "status": "queued",
+                    "location": f"/api/v1/assembly-jobs/{body['job_id']}"} and location == body["location"]
+    assert (job["id"], job["status"], job["error"], job["attempts"]) == (body["job_id"], "done", None, 1)
+    assert job["request"] == {"scenes": ["opening"], "crossfade_s": 0.25}
+    assert job["created_at"] <= job["started_at"] <= job["finished_at"]
+    [scene] = job["assemblies"]
     path = tmp_path / "state" / "assemblies" / str(batch_id) / "opening.mp4"
     assert (scene["kind"], scene["scene"], scene["path"]) == ("scene", "opening", str(path))
     info = probe_media(path)
@@ -114,6 +138,8 @@ def test_scene_and_episode_from_approved_shots(rendered, tmp_path):
         rows = conn.execute("SELECT id, kind, scene_key, season, episode, title, output_path, thumbnail_path, "
                             "duration_s, frame_count, width, height, crossfade_s FROM assemblies "
                             "WHERE batch_id = %s ORDER BY created_at", (batch_id,)).fetchall()
+        cli_jobs = conn.execute("SELECT status, claimed_by, attempts, max_attempts, cardinality(assembly_ids) "
+                                "FROM assembly_jobs WHERE claimed_by LIKE '%%:cli:%%'").fetchall()
         episode_parts = conn.execute(
             "SELECT s.scene_key, p.start_s, p.duration_s FROM assembly_parts p JOIN assemblies s "
             "ON s.id = p.scene_assembly_id WHERE p.assembly_id = %s ORDER BY p.position", (rows[-1][0],)).fetchall()
@@ -123,6 +149,7 @@ def test_scene_and_episode_from_approved_shots(rendered, tmp_path):
     assert [r[8] for r in rows] == [2.5, 2.5, 1.5, 3.75] and rows[2][9] == 36
     assert all(Path(r[6]).is_file() and Path(r[7]).is_file() for r in rows)
     assert episode_parts == [("opening", 0.0, 2.5), ("alley", 2.25, 1.5)]
+    assert [(j[0], j[2], j[3], j[4]) for j in cli_jobs] == [("done", 1, 1, 3)]  # the CLI ran its job in place
 
     async def listed(client):
         response = await client.get(f"/api/v1/batches/{batch_id}/assemblies")
@@ -134,6 +161,8 @@ def test_scene_and_episode_from_approved_shots(rendered, tmp_path):
 
 
 def test_refusals_name_the_field_the_shot_and_the_file(rendered, tmp_path):
+    """What the request or the batch gets wrong is refused before a job is queued; what only the media work finds
+    (a crossfade longer than a shot, a file its ComfyUI no longer serves) ends the job failed after one attempt."""
     url, batch_id = rendered
     set_status(url, "rejected")
 
@@ -141,8 +170,7 @@ def test_refusals_name_the_field_the_shot_and_the_file(rendered, tmp_path):
         answers = {}
 
         async def post(name, body, batch=batch_id):
-            response = await client.post(f"/api/v1/batches/{batch}/assemblies", json=body, headers=AUTH)
-            answers[name] = (response.status, await response.json())
+            answers[name] = await post_assembly(client, batch, body)
 
         await post("nothing approved", {})
         await post("bad crossfade", {"crossfade_s": "soft"})
@@ -151,11 +179,16 @@ def test_refusals_name_the_field_the_shot_and_the_file(rendered, tmp_path):
         await post("unknown batch", {}, uuid.uuid4())
         set_status(url, "approved")
         await post("too long a crossfade", {"scenes": ["opening"], "crossfade_s": 0.6})
+        answers["too long a crossfade"] += (await wait_for_job(client, answers["too long a crossfade"][2]),)
         with psycopg.connect(url) as conn:  # the ComfyUI that rendered a2 is gone
             conn.execute("UPDATE attempts SET backend = 'http://127.0.0.1:9' FROM shots "
                          "WHERE shots.id = attempts.shot_id AND shots.shot_key = 'a2'")
         await post("backend gone", {"scenes": ["opening"]})
+        answers["backend gone"] += (await wait_for_job(client, answers["backend gone"][2]),)
         answers["unauthorised"] = (await client.post(f"/api/v1/batches/{batch_id}/assemblies", json={})).status
+        for name, job_id in (("unknown job", uuid.uuid4()), ("bad job id", "nope")):
+            response = await client.get(f"/api/v1/assembly-jobs/{job_id}")
+            answers[name] = (response.status, await response.json())
         return answers
 
     try:
@@ -164,7 +197,7 @@ def test_refusals_name_the_field_the_shot_and_the_file(rendered, tmp_path):
         with psycopg.connect(url) as conn:
             conn.execute("UPDATE attempts SET backend = (SELECT backend FROM attempts a JOIN shots s "
                          "ON s.id = a.shot_id WHERE s.shot_key = 'a1') WHERE backend = 'http://127.0.0.1:9'")
-    status, body = answers["nothing approved"]
+    status, body, _ = answers["nothing approved"]
     assert status == 409 and "scene 'opening' has no approved shot (3 rejected)" in body["error"]
     assert "scene 'alley'" in body["error"]
     assert (answers["bad crossfade"][0], answers["bad crossfade"][1]["field"]) == (400, "crossfade_s")
@@ -172,16 +205,52 @@ def test_refusals_name_the_field_the_shot_and_the_file(rendered, tmp_path):
     assert answers["unknown scene"][0] == 400 and answers["unknown scene"][1]["field"] == "scenes[0]"
     assert "opening, alley" in answers["unknown scene"][1]["error"]
     assert answers["unknown batch"][0] == 404
-    status, body = answers["too long a crossfade"]
-    assert (status, body["field"]) == (400, "crossfade_s") and "shot 'a2'" in body["error"]
-    status, body = answers["backend gone"]
-    assert status == 502 and "shot 'a2'" in body["error"] and "http://127.0.0.1:9" in body["error"]
-    assert "output/shotline/" in body["error"] and ".png" in body["error"]
+    status, _, _, job = answers["too long a crossfade"]
+    assert (status, job["status"], job["attempts"], job["max_attempts"]) == (202, "failed", 1, 3)
+    assert (job["error"]["status"], job["error"]["field"]) == (400, "crossfade_s")
+    assert "shot 'a2'" in job["error"]["message"] and job["assemblies"] == [] and job["finished_at"]
+    status, _, _, job = answers["backend gone"]
+    assert (status, job["status"], job["attempts"], job["error"]["status"]) == (202, "failed", 1, 502)
+    message = job["error"]["message"]
+    assert "shot 'a2'" in message and "http://127.0.0.1:9" in message
+    assert "output/shotline/" in message and ".png" in message
     assert answers["unauthorised"] == 401
+    assert answers["unknown job"][0] == 404 and answers["unknown job"][1]["field"] == "job_id"
+    assert answers["bad job id"][0] == 400
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*) FROM assemblies WHERE batch_id = %s AND created_at > now() - "
                             "interval '1 minute' AND output_path LIKE %s",
                             (batch_id, f"{tmp_path}%")).fetchone() == (0,)
+        # each refusal before the queue left no job; the two that failed are all there is
+        assert conn.execute("SELECT count(*) FROM assembly_jobs WHERE scenes_dir LIKE %s",
+                            (f"{tmp_path}%",)).fetchone() == (2,)
+
+
+def test_a_job_left_by_a_dead_controller_is_run_again(rendered, tmp_path):
+    """Jobs a controller claimed and then stopped renewing (it died): the service's worker claims the lapsed one
+    again and runs it to done; one that already used every attempt ends failed, saying why."""
+    url, batch_id = rendered
+    set_status(url, "approved")
+    scenes = tmp_path / "scenes" / str(batch_id)
+    with psycopg.connect(url) as conn:
+        [orphan, exhausted] = [conn.execute(
+            "INSERT INTO assembly_jobs (batch_id, request, scenes_dir, library_dir, status, claimed_by, lease_until, "
+            "  attempts, started_at) VALUES (%s, %s, %s, %s, 'running', 'dead', now() - interval '5 seconds', %s, "
+            "  now() - interval '2 minutes') RETURNING id",
+            (batch_id, Jsonb({"scenes": ["opening"], "crossfade_s": 0.25}), str(scenes), str(tmp_path / "library"),
+             attempts)).fetchone()[0] for attempts in (1, 3)]
+
+    async def work(client):
+        return [await wait_for_job(client, f"/api/v1/assembly-jobs/{job_id}") for job_id in (orphan, exhausted)]
+
+    orphan, exhausted = run_service(url, tmp_path / "state", work)
+    assert (orphan["status"], orphan["attempts"], orphan["error"]) == ("done", 2, None)
+    assert orphan["claimed_by"] != "dead" and ":assembly:" in orphan["claimed_by"]
+    [scene] = orphan["assemblies"]
+    assert (scene["scene"], scene["path"], scene["duration_s"]) == ("opening", str(scenes / "opening.mp4"), 2.5)
+    assert probe_media(scenes / "opening.mp4").duration_s == pytest.approx(2.5, abs=1 / 24)
+    assert (exhausted["status"], exhausted["attempts"], exhausted["assemblies"]) == ("failed", 3, [])
+    assert "the controller running it (dead) stopped before it finished, 3 time(s)" in exhausted["error"]["message"]
 
 
 def test_cli_flags_are_checked_before_anything_runs(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from shotline.core.video_encode import encode_mp4, probe_media, read_video
 
-from controller.assemblies import choose_output, parse_assembly_request
+from controller.assemblies import choose_output, failure, parse_assembly_request, request_json
 from controller.assembly import (
     SAMPLE_RATE,
     AssemblyError,
@@ -311,6 +311,30 @@ def test_assembly_requests_name_the_field(tmp_path):
         with pytest.raises(AssemblyError) as caught:
             parse_assembly_request(data)
         assert caught.value.field == field, data
+
+
+def test_a_queued_request_reads_back_as_it_was_parsed(tmp_path):
+    """A job stores the parsed request's JSON form; the worker parses it again, to the same request."""
+    music = tmp_path / "music.wav"
+    music.write_bytes(b"RIFF")  # only its existence is checked here
+    for data in ({}, {"scenes": ["sc02", "sc01"], "crossfade_s": 0, "fps": 23.976, "size": " 640 x 360 ",
+                      "music": str(music), "episode": {"season": 2, "number": 3, "title": "Rain: Night"}}):
+        request = parse_assembly_request(data)
+        stored = request_json(request)
+        assert parse_assembly_request(stored) == request and request_json(parse_assembly_request(stored)) == stored
+    assert request_json(parse_assembly_request({"size": [640, 360]}))["size"] == "640x360"
+
+
+def test_job_failures_keep_the_status_the_request_would_have_had():
+    from controller.assemblies import AssemblyConflict, BatchNotFound, SourceUnavailable
+    assert failure(AssemblyConflict("scene 'x' has no approved shot")) == (
+        {"message": "scene 'x' has no approved shot", "field": None, "status": 409}, True)
+    assert failure(SourceUnavailable("gone"))[0]["status"] == 502
+    assert failure(BatchNotFound("no batch"))[0] == {"message": "no batch", "field": "batch_id", "status": 404}
+    assert failure(AssemblyError("too long", "crossfade_s")) == (
+        {"message": "too long", "field": "crossfade_s", "status": 400}, True)
+    assert failure(AssemblyError("cannot decode x.mp4", None))[0]["status"] == 422
+    assert failure(OSError("disk full")) == ({"message": "OSError: disk full", "field": None, "status": 500}, False)
 
 
 def test_the_file_a_shot_contributes():
