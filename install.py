@@ -85,11 +85,15 @@ def pyproject() -> dict:
 
 
 def ensure_system_packages() -> None:
-    if not SYSTEM_PACKAGES or not shutil.which("dpkg-query"):
+    if not shutil.which("dpkg-query"):
+        log(f"not Debian/Ubuntu: install the equivalents of {', '.join(SYSTEM_PACKAGES)} yourself (Vulkan loader "
+            "and OpenMP for the ncnn models, espeak-ng for offline speech)")
         return
-    missing = [name for name in SYSTEM_PACKAGES
-               if subprocess.run(["dpkg-query", "-W", "-f=${Status}", name], capture_output=True, text=True)
-               .stdout.strip() != "install ok installed"]
+    # one query for all of them; a package dpkg has never seen is simply absent from the output
+    listed = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${Status}\n", *SYSTEM_PACKAGES],
+                            capture_output=True, text=True).stdout.splitlines()
+    installed = {line.split()[0] for line in listed if line.endswith(" install ok installed")}
+    missing = [name for name in SYSTEM_PACKAGES if name not in installed]
     if not missing:
         return
     command = ["apt-get", "install", "-y", "--no-install-recommends", *missing]

@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 from shotline.core.video_encode import encode_mp4  # noqa: E402
 
 from controller.assembly import SAMPLE_RATE, ClipSource, assemble  # noqa: E402
+from tests.images import write_wav  # noqa: E402
 from timing import best_seconds  # noqa: E402  (bench/timing.py, beside this script)
 
 FPS, SHOT_SECONDS, CROSSFADE_S = 24, 2.0, 0.5
@@ -62,16 +63,8 @@ def make_clips(folder: Path, count: int, side: int, kind: str) -> list[ClipSourc
 
 
 def make_music(folder: Path, seconds: float) -> Path:
-    path = folder / "music.wav"
     t = np.arange(round(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    music = np.repeat((0.2 * np.sin(2 * np.pi * 110 * t)).astype(np.float32)[None], 2, 0)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("pcm_s16le", rate=SAMPLE_RATE, layout="stereo")
-        frame = av.AudioFrame.from_ndarray(music, format="fltp", layout="stereo")
-        frame.sample_rate = SAMPLE_RATE
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            container.mux(packet)
-    return path
+    return write_wav(folder / "music.wav", np.repeat((0.2 * np.sin(2 * np.pi * 110 * t))[None], 2, 0), SAMPLE_RATE)
 
 
 def main() -> None:

@@ -32,7 +32,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -48,7 +47,7 @@ from psycopg_pool import AsyncConnectionPool  # noqa: E402
 from controller.comfy_client import ComfyBackend  # noqa: E402
 from controller.comfy_server import LocalComfyServer  # noqa: E402
 from controller.dispatcher import Dispatcher  # noqa: E402
-from controller.embedded_postgres_server import EmbeddedPostgres  # noqa: E402
+from controller.embedded_postgres_server import EmbeddedPostgres, public_temp_dir  # noqa: E402
 from controller.presets import fill_preset, load_preset  # noqa: E402
 from controller.settings import RANDOM_CHECKPOINT_NAME, load_settings  # noqa: E402
 from controller.shot_list import parse_shot, shot_from_record  # noqa: E402
@@ -74,12 +73,6 @@ PRESET = {
            "inputs": {"text": "", "clip": ["10", 1]}},
 }
 POOL_ARGS = {"min_size": 1, "max_size": 4}  # what controller/cli.py's open_database uses
-
-
-def public_temp_dir(prefix: str) -> Path:
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    path.chmod(0o755)
-    return path
 
 
 def make_shots(prefix: str, count: int):

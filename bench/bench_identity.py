@@ -9,7 +9,6 @@ dlib <= 80 ms per face, a 20-reference gallery from the cache <= 50 ms.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import sys
 import tempfile
@@ -17,7 +16,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "custom_nodes")]
+sys.path[:0] = [str(ROOT / "custom_nodes"), str(ROOT)]
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -28,22 +27,8 @@ from shotline.core.faces import load_detector  # noqa: E402
 from shotline.core.gallery_cache import GalleryCache, backend_key, reference_embedder  # noqa: E402
 from shotline.core.identity import CALIBRATIONS, calibrate  # noqa: E402
 from shotline.core.image_quality import assess_image  # noqa: E402
+from tests.images import hanks_photo, jpeg, t1_photo, template_image  # noqa: E402
 from timing import best_seconds  # noqa: E402  (bench/, the script's own folder)
-
-
-def package_file(package: str, *parts: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None:
-        sys.exit(f"{package} is not installed")
-    return Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
-
-
-def read_rgb(path) -> np.ndarray:
-    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
-
-
-def template(name: str) -> np.ndarray:
-    return read_rgb(package_file("comfyui_workflow_templates_media_image", "templates", f"{name}.webp"))
 
 
 def best_ms(function, repeat: int) -> float:
@@ -51,7 +36,7 @@ def best_ms(function, repeat: int) -> float:
 
 
 def bench(repeat: int):
-    t1 = read_rgb(package_file("insightface", "data", "images", "t1.jpg"))
+    t1 = t1_photo()
     image512 = cv2.resize(t1, (512, round(512 * t1.shape[0] / t1.shape[1])), interpolation=cv2.INTER_AREA)
     detector, embedder = load_detector("mtcnn"), load_embedder("dlib")
     faces = detector.detect(image512)
@@ -98,23 +83,20 @@ def measure_dlib():
         faces = detector.detect(image)
         return embedder.embed(image, max(faces, key=lambda f: f.width * f.height))
 
-    t1 = read_rgb(package_file("insightface", "data", "images", "t1.jpg"))
+    t1 = t1_photo()
     people = embed_all(t1)
-    bgr = cv2.cvtColor((t1 * 255 + 0.5).astype(np.uint8), cv2.COLOR_RGB2BGR)
-    jpeg40 = cv2.cvtColor(cv2.imdecode(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 40])[1], 1),
-                          cv2.COLOR_BGR2RGB).astype(np.float32) / 255
-    copies = {"jpeg q40": embed_all(jpeg40), "mirrored": embed_all(np.ascontiguousarray(t1[:, ::-1]))[::-1],
+    copies = {"jpeg q40": embed_all(jpeg(t1, 40)), "mirrored": embed_all(np.ascontiguousarray(t1[:, ::-1]))[::-1],
               "0.6x": embed_all(cv2.resize(t1, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA))}
     distance = lambda a, b: float(np.linalg.norm(a - b))  # noqa: E731
     genuine = {name: [distance(a, b) for a, b in zip(people, copy)] for name, copy in copies.items()}
     pairs = [("flux1_dev_uso_reference_image_gen-1", "flux1_dev_uso_reference_image_gen-2"),
              ("image_flux2-1", "image_flux2-2"), ("flux_fill_inpaint_example-1", "flux_fill_inpaint_example-2")]
-    genuine["same person, two generated pictures"] = [distance(largest(template(a)), largest(template(b)))
-                                                      for a, b in pairs]
-    hanks = largest(read_rgb(package_file("insightface", "data", "images", "Tom_Hanks_54745.png")))
-    women = [largest(template(name)) for name in ("flux1_dev_uso_reference_image_gen-1", "image_flux2-1",
-                                                  "flux_fill_inpaint_example-1", "flux1_krea_dev-1",
-                                                  "flux_dev_checkpoint_example-1")]
+    genuine["same person, two generated pictures"] = [
+        distance(largest(template_image(a)), largest(template_image(b))) for a, b in pairs]
+    hanks = largest(hanks_photo())
+    women = [largest(template_image(name)) for name in ("flux1_dev_uso_reference_image_gen-1", "image_flux2-1",
+                                                        "flux_fill_inpaint_example-1", "flux1_krea_dev-1",
+                                                        "flux_dev_checkpoint_example-1")]
     impostor = {"t1 people pairs": [distance(a, b) for a, b in itertools.combinations(people, 2)],
                 "Tom Hanks vs t1 people": [distance(hanks, p) for p in people],
                 "different generated women": [distance(a, b) for a, b in itertools.combinations(women, 2)]}

@@ -10,31 +10,23 @@ preset and thread count is measured so a miss can be traced. Colour grade target
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "custom_nodes")]
+sys.path[:0] = [str(ROOT / "custom_nodes"), str(ROOT)]
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from shotline.core.color_grade import Grade, GradeSettings, lab_stats  # noqa: E402
 from shotline.core.video_encode import Mp4Writer, probe_media, to_uint8_rgb  # noqa: E402
+from tests.images import template_image  # noqa: E402
 from timing import best_seconds  # noqa: E402  (bench/, the script's own folder)
 
 FRAMES, SIDE, FPS, SAMPLE_RATE = 48, 512, 24, 48000
-
-
-def template_picture() -> np.ndarray:
-    spec = importlib.util.find_spec("comfyui_workflow_templates_media_image")
-    if spec is None:
-        sys.exit("comfyui_workflow_templates_media_image is not installed (it comes with ComfyUI's requirements)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "templates" / "controlnet_example-1.webp"
-    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
 
 
 def pan_shot(picture: np.ndarray) -> np.ndarray:
@@ -105,7 +97,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    picture = template_picture()
+    picture = template_image("controlnet_example-1")
     shot = pan_shot(picture)
     bench_encode(shot, tone(), args.repeat)
     bench_grade(shot, cv2.resize(picture, (SIDE, SIDE), interpolation=cv2.INTER_AREA), args.repeat)

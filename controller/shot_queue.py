@@ -20,10 +20,6 @@ from .shot_list import Shot
 FINAL_STATUSES = ("approved", "needs_review", "rejected", "failed", "cancelled")
 
 
-class ClaimLost(RuntimeError):
-    """This controller's lease on a shot lapsed and another took it over: its result must not be recorded."""
-
-
 @dataclass
 class ClaimedShot:
     id: uuid.UUID
@@ -206,15 +202,12 @@ class ShotQueue:
     async def retry_shot(self, shot_id: uuid.UUID) -> bool:
         """Queue a finished shot again, with one more attempt allowed; its batch is open again (and will notify
         its webhook again when it finishes)."""
-        rows = await self._transition(
-            "UPDATE shots SET status = 'queued', max_attempts = least(20, max_attempts + 1), updated_at = now() "
-            "WHERE id = %s AND status IN ('failed', 'rejected', 'cancelled', 'needs_review') RETURNING batch_id",
-            (shot_id,))
-        if rows:
-            async with self.pool.connection() as conn:
-                await conn.execute("UPDATE batches SET finished_at = NULL, notified_at = NULL WHERE id = %s",
-                                   (rows[0][0],))
-        return bool(rows)
+        return bool(await self._transition(
+            "WITH retried AS ("
+            "  UPDATE shots SET status = 'queued', max_attempts = least(20, max_attempts + 1), updated_at = now() "
+            "  WHERE id = %s AND status IN ('failed', 'rejected', 'cancelled', 'needs_review') RETURNING batch_id) "
+            "UPDATE batches b SET finished_at = NULL, notified_at = NULL FROM retried WHERE b.id = retried.batch_id "
+            "RETURNING b.id", (shot_id,)))
 
     async def review_shot(self, shot_id: uuid.UUID, approve: bool) -> bool:
         """A person's decision on a shot in the review band."""

@@ -8,7 +8,6 @@ from pathlib import Path
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from .shot_list import Shot
 from .shot_queue import FINAL_STATUSES
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "db" / "migrations"
@@ -38,19 +37,6 @@ async def apply_migrations(pool: AsyncConnectionPool) -> list[str]:
 class ShotStore:
     def __init__(self, pool: AsyncConnectionPool):
         self.pool = pool
-
-    async def create_batch(self, source: str, shots: list[Shot]) -> tuple[uuid.UUID, list[uuid.UUID]]:
-        async with self.pool.connection() as conn, conn.transaction():
-            batch_id = (await (await conn.execute(
-                "INSERT INTO batches (source) VALUES (%s) RETURNING id", (source,))).fetchone())[0]
-            shot_ids = []
-            for position, shot in enumerate(shots):
-                row = await (await conn.execute(
-                    "INSERT INTO shots (batch_id, shot_key, position, workflow, params) "
-                    "VALUES (%s, %s, %s, %s, %s) RETURNING id",
-                    (batch_id, shot.id, position, shot.workflow, Jsonb(shot.as_dict())))).fetchone()
-                shot_ids.append(row[0])
-        return batch_id, shot_ids
 
     async def start_attempt(self, shot_id: uuid.UUID, prompt_id: str, backend: str, inputs: dict,
                             correction: dict | None = None) -> uuid.UUID:

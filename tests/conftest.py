@@ -7,25 +7,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from controller.comfy_server import LocalComfyServer
-from controller.embedded_postgres_server import EmbeddedPostgres
+from controller.embedded_postgres_server import EmbeddedPostgres, public_temp_dir
 from controller.settings import PROJECT_ROOT, RANDOM_CHECKPOINT_NAME, load_settings
-
-
-def public_temp_dir(prefix: str) -> Path:
-    """A temp folder other users can reach (pytest's own is 0700, and PostgreSQL runs as its own user as root)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    path.chmod(0o755)
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -83,16 +76,25 @@ def postgres():
     server.stop()
 
 
-@pytest.fixture
-def database_url(postgres):
-    """A fresh empty database on the session server for one test."""
+@contextmanager
+def fresh_database(postgres: str):
+    """A new empty database on the server at `postgres` (its URL), dropped afterwards; yields the database's URL."""
     import psycopg
     name = f"test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(postgres, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    yield postgres.replace("/postgres?", f"/{name}?")
-    with psycopg.connect(postgres, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    try:
+        yield postgres.replace("/postgres?", f"/{name}?")
+    finally:
+        with psycopg.connect(postgres, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(postgres):
+    """A fresh empty database on the session server for one test."""
+    with fresh_database(postgres) as url:
+        yield url
 
 
 class ComfyTestClient:
@@ -105,13 +107,14 @@ class ComfyTestClient:
         with urllib.request.urlopen(self.url + path, timeout=30) as response:
             return json.loads(response.read())
 
+    def _prompt_request(self, graph: dict) -> urllib.request.Request:
+        body = json.dumps({"prompt": graph, "client_id": str(uuid.uuid4())}).encode()
+        return urllib.request.Request(self.url + "/prompt", data=body, headers={"Content-Type": "application/json"})
+
     def rejection(self, graph: dict) -> dict:
         """Queue a graph ComfyUI must refuse; the body of its HTTP 400 (error and node_errors)."""
-        body = json.dumps({"prompt": graph, "client_id": str(uuid.uuid4())}).encode()
-        request = urllib.request.Request(self.url + "/prompt", data=body,
-                                         headers={"Content-Type": "application/json"})
         try:
-            urllib.request.urlopen(request, timeout=30).close()
+            urllib.request.urlopen(self._prompt_request(graph), timeout=30).close()
         except urllib.error.HTTPError as error:
             assert error.code == 400, error.code
             return json.loads(error.read())
@@ -119,10 +122,7 @@ class ComfyTestClient:
 
     def run(self, graph: dict, timeout: float = 120.0) -> dict:
         """Queue a graph and wait for its /history entry."""
-        body = json.dumps({"prompt": graph, "client_id": str(uuid.uuid4())}).encode()
-        request = urllib.request.Request(self.url + "/prompt", data=body,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(self._prompt_request(graph), timeout=30) as response:
             prompt_id = json.loads(response.read())["prompt_id"]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

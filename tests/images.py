@@ -1,8 +1,12 @@
-"""Known test images: ComfyUI's own example.png (a drawing with hard edges) and versions of it."""
+"""Test pictures and media: ComfyUI's own example.png (a drawing with hard edges), photos and generated pictures
+that installed packages ship, synthetic cel-style frames, and writers for PNG and WAV files."""
+import functools
+import wave
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from controller.settings import load_settings
 
@@ -75,3 +79,67 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB of two float images in 0..1."""
     mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(1 / mse)
+
+
+TEMPLATES = "comfyui_workflow_templates_media_image"
+
+
+def package_file(package: str, *parts: str) -> Path:
+    """A data file shipped inside an installed package (no network: the wheels carry these images)."""
+    import importlib.util
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail(f"{package} is not installed: run the tests with `python3 install.py --test`")
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+    assert path.is_file(), path
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def _read(path: str) -> np.ndarray:
+    image = cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+    image.setflags(write=False)
+    return image
+
+
+def read_rgb(path) -> np.ndarray:
+    """An image file as (H, W, 3) float RGB in 0..1 (read-only, cached)."""
+    return _read(str(path))
+
+
+def t1_photo() -> np.ndarray:
+    """InsightFace's t1.jpg: six people in a row."""
+    return read_rgb(package_file("insightface", "data", "images", "t1.jpg"))
+
+
+def hanks_photo() -> np.ndarray:
+    return read_rgb(package_file("insightface", "data", "images", "Tom_Hanks_54745.png"))
+
+
+def template_image(name: str) -> np.ndarray:
+    """A picture from ComfyUI's workflow templates (generated images: portraits, anime, landscapes)."""
+    return read_rgb(package_file(TEMPLATES, "templates", f"{name}.webp"))
+
+
+def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    bgr = cv2.cvtColor((image * 255 + 0.5).astype(np.uint8), cv2.COLOR_RGB2BGR)
+    _, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+
+
+def save_png(image: np.ndarray, path) -> np.ndarray:
+    """Write an RGB float image as PNG; returns what ComfyUI's LoadImage will read back (8-bit rounding)."""
+    pixels = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    cv2.imwrite(str(path), cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
+    return pixels.astype(np.float32) / 255.0
+
+
+def write_wav(path, audio: np.ndarray, sample_rate: int) -> Path:
+    """A 16-bit WAV of float audio [channels, samples] in -1..1, as a user would upload it."""
+    audio = np.atleast_2d(np.asarray(audio, np.float32))
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(audio.shape[0])
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes((np.clip(audio.T, -1, 1) * 32767).astype("<i2").tobytes())
+    return Path(path)

@@ -15,6 +15,7 @@ import urllib.request
 
 NODE_WIDTH, COLUMN_GAP, ROW_HEIGHT = 320, 60, 60
 SEED_INPUTS = {"seed", "noise_seed"}  # the editor adds a control_after_generate value after these
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
 
 def _is_link(value) -> bool:
@@ -47,10 +48,12 @@ def editor_from_api(graph: dict, object_info: dict) -> dict:
     rows: dict[int, int] = {}
     nodes, links = [], []
     outputs: dict[tuple[str, int], list[int]] = {}
+    link_into: dict[tuple[str, str], list] = {}  # (node id, input name) -> its link
     for node_id, node in graph.items():
-        for value in node["inputs"].values():
+        for name, value in node["inputs"].items():
             if _is_link(value):
                 links.append([len(links) + 1, int(value[0]), value[1], int(node_id), None, None])
+                link_into[(node_id, name)] = links[-1]
                 outputs.setdefault((value[0], value[1]), []).append(len(links))
     for order, (node_id, node) in enumerate(graph.items()):
         schema = object_info[node["class_type"]]
@@ -59,16 +62,15 @@ def editor_from_api(graph: dict, object_info: dict) -> dict:
             value = node["inputs"].get(name)
             kind = spec[0] if isinstance(spec[0], str) else "COMBO"
             if _is_link(value):
-                link = next(l for l in links if l[3] == int(node_id) and l[1] == int(value[0]) and l[2] == value[1]
-                            and l[4] is None)
+                link = link_into[(node_id, name)]
                 link[4] = len(inputs)
                 link[5] = kind
                 entry = {"name": name, "type": kind, "link": link[0]}
-                if kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
+                if kind in WIDGET_TYPES:
                     entry["widget"] = {"name": name}
                     widgets.append(None)
                 inputs.append(entry)
-            elif kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
+            elif kind in WIDGET_TYPES:
                 if name not in node["inputs"]:
                     continue
                 widgets.append(value)

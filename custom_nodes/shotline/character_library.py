@@ -7,7 +7,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from . import model_folders
-from .core.characters import find_characters, load_character
+from .core.characters import SHEET_FILE, find_characters, load_character, reference_images
 
 Character = io.Custom("SHOTLINE_CHARACTER")
 
@@ -50,9 +50,8 @@ class LoadCharacter(io.ComfyNode):
         folder = library().get(character)
         if folder is None:
             return character
-        loaded = load_character(folder)
         return [(str(path), os.stat(path).st_mtime_ns, os.stat(path).st_size)
-                for path in (folder / "character.yaml", *loaded.references)]
+                for path in (folder / SHEET_FILE, *reference_images(folder))]
 
     @classmethod
     def execute(cls, character) -> io.NodeOutput:

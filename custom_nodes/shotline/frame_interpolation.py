@@ -79,7 +79,8 @@ class InterpolateFrames(io.ComfyNode):
             if value is not None and value not in options:
                 return f"unknown {name} {value!r}; choose one of {', '.join(options)}"
         if rife_model is not None and rife_model != NONE and rife_model not in rife_folders():
-            return f"RIFE model folder {rife_model!r} not found in {', '.join(model_folders.folders('rife'))}"
+            roots = ", ".join(model_folders.folders(model_folders.RIFE))
+            return f"RIFE model folder {rife_model!r} not found in {roots}"
         if engine == "rife" and rife_model == NONE:
             return "engine 'rife' needs a RIFE model folder (models/rife/<name>/flownet.param + flownet.bin)"
         return True

@@ -44,7 +44,7 @@ def insightface_packs() -> dict[str, tuple[Path, Path]]:
     """Packs under models/insightface/models/ with a detector (det_*.onnx) and a recogniser ONNX."""
     packs = {}
     for root in model_folders.folders(model_folders.INSIGHTFACE):
-        for pack in sorted((Path(root) / "models").glob("*/")) if (Path(root) / "models").is_dir() else []:
+        for pack in sorted((Path(root) / "models").glob("*/")):
             detectors = sorted(pack.glob("det_*.onnx"))
             recognisers = [p for p in sorted(pack.glob("*.onnx"))
                            if not p.name.startswith(("det_", "genderage", "1k3d68", "2d106"))]

@@ -19,6 +19,7 @@ from shotline.core.video_encode import probe_media
 
 from controller.service import create_app
 from controller.settings import Settings
+from tests.conftest import fresh_database
 
 pytestmark = pytest.mark.integration
 SHOTLINE = Path(sys.executable).parent / "shotline"
@@ -35,20 +36,16 @@ SHOTS = {"defaults": {"size": "64x64", "steps": 1, "scene": "opening", "duration
 @pytest.fixture(scope="module")
 def rendered(postgres, comfy, tmp_path_factory):
     """A database of its own holding the four shots rendered once on the real ComfyUI; yields (url, batch_id)."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = postgres.replace("/postgres?", f"/{name}?")
-    shot_list = tmp_path_factory.mktemp("lists") / "shots.yaml"
-    shot_list.write_text(yaml.safe_dump(SHOTS))
-    result = subprocess.run([str(SHOTLINE), "render", str(shot_list), "--comfy", comfy.url, "--max-attempts", "1"],
-                            capture_output=True, text=True, timeout=300, env={**os.environ, "DATABASE_URL": url})
-    assert result.returncode == 0, result.stdout + result.stderr
-    with psycopg.connect(url) as conn:
-        [(batch_id,)] = conn.execute("SELECT id FROM batches").fetchall()
-    yield url, batch_id
-    with psycopg.connect(postgres, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with fresh_database(postgres) as url:
+        shot_list = tmp_path_factory.mktemp("lists") / "shots.yaml"
+        shot_list.write_text(yaml.safe_dump(SHOTS))
+        result = subprocess.run([str(SHOTLINE), "render", str(shot_list), "--comfy", comfy.url, "--max-attempts",
+                                 "1"], capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "DATABASE_URL": url})
+        assert result.returncode == 0, result.stdout + result.stderr
+        with psycopg.connect(url) as conn:
+            [(batch_id,)] = conn.execute("SELECT id FROM batches").fetchall()
+        yield url, batch_id
 
 
 def set_status(url: str, status: str, keys=None) -> None:
@@ -263,15 +260,12 @@ def test_cli_flags_are_checked_before_anything_runs(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_speaking_video_shots_from_the_video_preset_cut_into_a_scene(postgres, comfy, tmp_path):
+def test_speaking_video_shots_from_the_video_preset_cut_into_a_scene(database_url, comfy, tmp_path):
     """The whole chain: shot_video_dialogue renders MP4s with speech on the real server, the controller records
     them, and the scene is cut from those videos (not from their last-frame stills), audio included."""
     import numpy as np
     from shotline.core.video_encode import read_video
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = postgres.replace("/postgres?", f"/{name}?")
+    url = database_url
     shot_list = tmp_path / "scene.yaml"
     shot_list.write_text(yaml.safe_dump({
         "defaults": {"workflow": "shot_video_dialogue", "size": "64x64", "steps": 1, "frames": 6, "fps": 6,
@@ -279,22 +273,18 @@ def test_speaking_video_shots_from_the_video_preset_cut_into_a_scene(postgres, c
         "shots": [{"id": "t1", "prompt": "a girl speaks", "dialogue": "You came after all.", "seed": 1},
                   {"id": "t2", "prompt": "a boy answers", "dialogue": "I said I would.", "seed": 2}]}))
     env = {**os.environ, "DATABASE_URL": url}
-    try:
-        result = subprocess.run([str(SHOTLINE), "render", str(shot_list), "--comfy", comfy.url, "--max-attempts",
-                                 "1"], capture_output=True, text=True, timeout=600, env=env)
-        assert result.returncode == 0, result.stdout + result.stderr
-        with psycopg.connect(url) as conn:
-            [(batch_id,)] = conn.execute("SELECT id FROM batches").fetchall()
-        set_status(url, "approved")  # the random checkpoint's noise would not pass the quality check
-        result = subprocess.run([str(SHOTLINE), "assemble", str(batch_id), "--crossfade", "0.25", "--output",
-                                 str(tmp_path / "scenes")], capture_output=True, text=True, timeout=300, env=env)
-        assert result.returncode == 0, result.stdout + result.stderr
-        with psycopg.connect(url) as conn:
-            files = [row[0] for row in conn.execute(
-                "SELECT o.filename FROM assembly_parts p JOIN outputs o ON o.id = p.output_id ORDER BY p.position")]
-    finally:
-        with psycopg.connect(postgres, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    result = subprocess.run([str(SHOTLINE), "render", str(shot_list), "--comfy", comfy.url, "--max-attempts", "1"],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with psycopg.connect(url) as conn:
+        [(batch_id,)] = conn.execute("SELECT id FROM batches").fetchall()
+    set_status(url, "approved")  # the random checkpoint's noise would not pass the quality check
+    result = subprocess.run([str(SHOTLINE), "assemble", str(batch_id), "--crossfade", "0.25", "--output",
+                             str(tmp_path / "scenes")], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with psycopg.connect(url) as conn:
+        files = [row[0] for row in conn.execute(
+            "SELECT o.filename FROM assembly_parts p JOIN outputs o ON o.id = p.output_id ORDER BY p.position")]
     assert len(files) == 2 and all(file.endswith(".mp4") for file in files)
     scene = tmp_path / "scenes" / str(batch_id) / "talk.mp4"
     info = probe_media(scene)

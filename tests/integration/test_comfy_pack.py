@@ -1,20 +1,12 @@
 """The pack inside a real ComfyUI server: it loads, and its node reports real numbers."""
 
 import cv2
-import numpy as np
 import pytest
 
 from shotline.core.image_quality import QualityThresholds, assess_image
-from tests.images import blurred, comfy_example_image
+from tests.images import blurred, comfy_example_image, save_png
 
 pytestmark = pytest.mark.integration
-
-
-def save_png(image: np.ndarray, path) -> np.ndarray:
-    """Write an RGB float image as PNG; returns what ComfyUI's LoadImage will read back (8-bit rounding)."""
-    pixels = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    cv2.imwrite(str(path), cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
-    return pixels.astype(np.float32) / 255.0
 
 
 def quality_graph(filename: str, min_side: int = 256) -> dict:

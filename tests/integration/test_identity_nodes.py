@@ -9,7 +9,7 @@ import pytest
 from controller.comfy_client import ComfyBackend
 from controller.render import collect_results, shot_status
 from shotline.core.characters import parse_sheet, write_character
-from tests.unit.test_faces import jpeg
+from tests.images import jpeg
 from tests.unit.test_identity import group_picture, t1_tiles
 
 pytestmark = pytest.mark.integration

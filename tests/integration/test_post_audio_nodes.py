@@ -1,14 +1,15 @@
 """Dialogue Speech and Dialogue over Music inside the real ComfyUI: saved by core SaveAudio, music from core
 LoadAudio."""
 import secrets
-import wave
 
-import av
 import numpy as np
 import pytest
 
 from shotline.core.audio_mix import integrated_loudness
 from shotline.core.speech import BUNDLED_PIPER_VOICE, SpeechCache, cache_key
+from shotline.core.video_encode import read_audio
+
+from tests.images import write_wav
 
 pytestmark = pytest.mark.integration
 
@@ -16,28 +17,17 @@ pytestmark = pytest.mark.integration
 def write_music(path, seconds: float, sample_rate: int = 44100):
     """A stereo 16-bit chord, as a user would upload a music bed."""
     t = np.arange(round(seconds * sample_rate)) / sample_rate
-    stereo = np.stack([0.2 * np.sin(2 * np.pi * 220 * t) + 0.1 * np.sin(2 * np.pi * 277.2 * t),
-                       0.2 * np.sin(2 * np.pi * 329.6 * t) + 0.1 * np.sin(2 * np.pi * 440 * t)], axis=1)
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(2)
-        out.setsampwidth(2)
-        out.setframerate(sample_rate)
-        out.writeframes((stereo * 32767).astype("<i2").tobytes())
+    write_wav(path, np.stack([0.2 * np.sin(2 * np.pi * 220 * t) + 0.1 * np.sin(2 * np.pi * 277.2 * t),
+                              0.2 * np.sin(2 * np.pi * 329.6 * t) + 0.1 * np.sin(2 * np.pi * 440 * t)]), sample_rate)
 
 
 def saved_audio(entry: dict, node: str, output_dir) -> tuple[np.ndarray, int]:
     [saved] = entry["outputs"][node]["audio"]
     path = output_dir / saved["subfolder"] / saved["filename"]
     assert path.is_file() and path.stat().st_size > 1000
-    with av.open(str(path)) as container:
-        stream = container.streams.audio[0]
-        planes = [frame.to_ndarray() for frame in container.decode(stream)]
-        rate, channels = stream.sample_rate, stream.channels
-    samples = np.concatenate(planes, axis=-1)
-    if samples.shape[0] != channels:  # packed formats decode as [1, samples * channels]
-        samples = samples.reshape(-1, channels).T
-    scale = 32768.0 if samples.dtype == np.int16 else 2147483648.0 if samples.dtype == np.int32 else 1.0
-    return samples.astype(np.float32) / scale, rate
+    samples, rate = read_audio(path)
+    assert samples is not None, f"{path} holds no audio"
+    return samples, rate
 
 
 def speech_node(text: str, engine: str = "piper", piper_voice: str = BUNDLED_PIPER_VOICE) -> dict:

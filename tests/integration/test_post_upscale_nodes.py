@@ -1,15 +1,13 @@
 """Upscale (Real-ESRGAN ncnn) and Interpolate Frames inside the real ComfyUI, on small pictures, with the results
 read back from SaveImage's files."""
 import json
-import urllib.error
-import urllib.request
 
 import cv2
 import numpy as np
 import pytest
 
 from tests.images import cel_frame, moving_sprite_clip, psnr
-from tests.integration.test_comfy_pack import save_png
+from tests.images import save_png
 
 pytestmark = pytest.mark.integration
 
@@ -60,14 +58,6 @@ def test_upscale_shares_a_batch_out_over_worker_processes(comfy, comfy_server):
     assert all(np.abs(frame[36, 60] - blue).max() < 0.03 for frame in frames)  # a flat colour stays that colour
 
 
-def post_prompt(comfy, graph: dict) -> urllib.error.HTTPError:
-    body = json.dumps({"prompt": graph}).encode()
-    request = urllib.request.Request(comfy.url + "/prompt", data=body, headers={"Content-Type": "application/json"})
-    with pytest.raises(urllib.error.HTTPError) as caught:
-        urllib.request.urlopen(request, timeout=30)
-    return caught.value
-
-
 def test_bad_upscale_inputs_are_validation_errors(comfy):
     graph = {
         "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": 0}},
@@ -76,9 +66,7 @@ def test_bad_upscale_inputs_are_validation_errors(comfy):
                                                           "cpu_processes": 0}},
         "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
     }
-    error = post_prompt(comfy, graph)
-    assert error.code == 400
-    assert "unknown model 'realesrgan-x8'" in error.read().decode()
+    assert "unknown model 'realesrgan-x8'" in json.dumps(comfy.rejection(graph))
 
 
 def interpolation_graph(mode: str, engine: str = "auto", rife_model: str = "none") -> dict:
@@ -111,6 +99,5 @@ def test_interpolate_frames_makes_the_in_betweens(comfy, comfy_server, mode, fra
 def test_rife_without_a_model_folder_is_a_validation_error(comfy, comfy_server):
     save_png(cel_frame(64), comfy_server.input_dir / "clip0.png")
     save_png(cel_frame(64, (4, 2)), comfy_server.input_dir / "clip2.png")
-    error = post_prompt(comfy, interpolation_graph("x2", engine="rife"))
-    assert error.code == 400
-    assert "engine 'rife' needs a RIFE model folder" in error.read().decode()
+    rejection = comfy.rejection(interpolation_graph("x2", engine="rife"))
+    assert "engine 'rife' needs a RIFE model folder" in json.dumps(rejection)

@@ -1,6 +1,5 @@
 """Save MP4, Last Frame and Colour Grade inside the real ComfyUI, fed by core nodes (EmptyImage, LoadAudio,
 CreateVideo), with the saved files probed from the output folder."""
-import wave
 
 import cv2
 import numpy as np
@@ -8,20 +7,17 @@ import pytest
 
 from shotline.core.video_encode import probe_media, read_video
 
+from tests.images import write_wav
+
 pytestmark = pytest.mark.integration
 
 BLUE, RED, GREY = 0x2040C0, 0xE02010, 0x808080
 
 
-def write_wav(path, seconds: float, sample_rate: int = 44100):
+def write_tone(path, seconds: float, sample_rate: int = 44100):
     """A stereo 16-bit tone, as a user would upload it."""
     t = np.arange(round(seconds * sample_rate)) / sample_rate
-    stereo = np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.3 * np.sin(2 * np.pi * 550 * t)], axis=1)
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(2)
-        out.setsampwidth(2)
-        out.setframerate(sample_rate)
-        out.writeframes((stereo * 32767).astype("<i2").tobytes())
+    write_wav(path, np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.3 * np.sin(2 * np.pi * 550 * t)]), sample_rate)
 
 
 def shot_nodes(frames: int = 24) -> dict:
@@ -47,7 +43,7 @@ def rgb(color: int) -> np.ndarray:
 
 @pytest.mark.parametrize("fps, expected_fps", [(24.0, 24.0), (23.976, 24000 / 1001)])
 def test_save_mp4_from_core_create_video_probes_as_h264_aac(comfy, comfy_server, fps, expected_fps):
-    write_wav(comfy_server.input_dir / "tone.wav", 24 / expected_fps)
+    write_tone(comfy_server.input_dir / "tone.wav", 24 / expected_fps)
     graph = shot_nodes(24) | {
         "4": {"class_type": "LoadAudio", "inputs": {"audio": "tone.wav"}},
         "5": {"class_type": "CreateVideo", "inputs": {"images": ["3", 0], "fps": fps, "audio": ["4", 0]}},

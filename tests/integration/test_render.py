@@ -12,9 +12,8 @@ import psycopg
 import pytest
 import yaml
 
-from controller.embedded_postgres_server import EmbeddedPostgres
+from controller.embedded_postgres_server import EmbeddedPostgres, public_temp_dir
 from controller.presets import preset_path
-from tests.conftest import public_temp_dir
 
 pytestmark = pytest.mark.integration
 SHOTLINE = Path(sys.executable).parent / "shotline"

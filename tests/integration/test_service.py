@@ -19,7 +19,8 @@ from controller import service
 from controller.service import create_app, load_or_create_token
 from controller.settings import Settings
 from controller.shot_list import parse_shot_list
-from controller.shot_store import ShotStore, apply_migrations
+from controller.shot_queue import ShotQueue
+from controller.shot_store import apply_migrations
 
 pytestmark = pytest.mark.integration
 
@@ -482,8 +483,8 @@ def test_backends_report_state_and_errors(database_url, tmp_path):
 
 def test_analytics_per_character_and_correction_reason(database_url, tmp_path):
     async def work(client, pool):
-        _, (a, b, c) = await ShotStore(pool).create_batch("test", parse_shot_list(
-            [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"}, {"id": "c", "prompt": "z"}]))
+        _, (a, b, c) = await ShotQueue(pool).submit_batch(parse_shot_list(
+            [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"}, {"id": "c", "prompt": "z"}]), "test")
 
         async def attempt(shot, scores=None, correction=None, status="succeeded"):
             """An attempt as the dispatcher records it, written in SQL; scores: {character: score or None}."""

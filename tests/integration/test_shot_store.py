@@ -6,6 +6,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from controller.shot_list import parse_shot_list
+from controller.shot_queue import ShotQueue
 from controller.shot_store import MIGRATIONS_DIR, ShotStore, apply_migrations
 
 pytestmark = pytest.mark.integration
@@ -35,7 +36,7 @@ def test_attempt_numbers_and_constraints(database_url):
     async def work(pool):
         await apply_migrations(pool)
         store = ShotStore(pool)
-        _, [shot_id] = await store.create_batch("test", shots)
+        _, [shot_id] = await ShotQueue(pool).submit_batch(shots, "test")
         first = await store.start_attempt(shot_id, "00000000-0000-0000-0000-000000000001", "http://b", {})
         await store.finish_attempt(first, shot_id, "failed", [], [], error={"exception_message": "boom"})
         second = await store.start_attempt(shot_id, "00000000-0000-0000-0000-000000000002", "http://b", {})
@@ -63,7 +64,7 @@ def test_identity_verdicts_are_kept_per_character(database_url):
     async def work(pool):
         await apply_migrations(pool)
         store = ShotStore(pool)
-        _, [shot_id] = await store.create_batch("test", shots)
+        _, [shot_id] = await ShotQueue(pool).submit_batch(shots, "test")
         attempt = await store.start_attempt(shot_id, "00000000-0000-0000-0000-00000000000a", "http://b", {})
         await store.finish_attempt(attempt, shot_id, "needs_review", [], [identity])
         async with pool.connection() as conn:

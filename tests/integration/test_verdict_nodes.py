@@ -6,7 +6,8 @@ import pytest
 
 from controller.settings import RANDOM_CHECKPOINT_NAME
 from shotline.core.characters import parse_sheet, write_character
-from tests.integration.test_comfy_pack import quality_graph, save_png
+from tests.images import save_png
+from tests.integration.test_comfy_pack import quality_graph
 from tests.images import blurred, comfy_example_image
 
 pytestmark = pytest.mark.integration
@@ -18,7 +19,7 @@ def test_character_from_an_extra_model_paths_library(comfy, comfy_server):
     write_character(comfy_server.characters_dir, "aiko", sheet, {"front.png": b"not read by this node"})
     options = comfy.get("/object_info/ShotlineLoadCharacter")["ShotlineLoadCharacter"]["input"]["required"][
         "character"]
-    assert "aiko" in (options[1]["options"] if options[0] == "COMBO" else options[0])
+    assert options[0] == "COMBO" and "aiko" in options[1]["options"]
     graph = {
         "1": {"class_type": "ShotlineLoadCharacter", "inputs": {"character": "aiko"}},
         "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}},

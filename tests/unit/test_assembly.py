@@ -20,6 +20,7 @@ from controller.assembly import (
     write_jpeg,
     xfade_frame,
 )
+from tests.images import write_wav
 
 FPS = 24
 RED, GREEN, BLUE = (230, 20, 20), (20, 230, 20), (20, 20, 230)
@@ -205,13 +206,7 @@ def test_music_is_ducked_under_the_dialogue(tmp_path):
     speech = np.concatenate([tone(1000, 1.5, 0.25), np.zeros((2, round(0.5 * SAMPLE_RATE)), np.float32)], axis=1)
     clips = [ClipSource(solid_clip(tmp_path / "talk.mp4", RED, 2.0, audio=speech), "shot talk"),
              ClipSource(solid_clip(tmp_path / "quiet.mp4", BLUE, 2.0), "shot quiet")]  # no audio at all
-    music = tmp_path / "music.wav"
-    with av.open(str(music), mode="w") as container:  # 2 s, shorter than the 4 s scene: it loops
-        stream = container.add_stream("pcm_s16le", rate=SAMPLE_RATE, layout="stereo")
-        frame = av.AudioFrame.from_ndarray(tone(220, 2.0, 0.2), format="fltp", layout="stereo")
-        frame.sample_rate = SAMPLE_RATE
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            container.mux(packet)
+    music = write_wav(tmp_path / "music.wav", tone(220, 2.0, 0.2), SAMPLE_RATE)  # 2 s, the scene 4 s: it loops
 
     result = assemble(clips, tmp_path / "scored.mp4", crossfade_s=0, music=music)
     assert result.music == music and result.duration_s == 4.0
@@ -351,15 +346,8 @@ def test_the_file_a_shot_contributes():
 
 
 def test_audio_of_any_rate_and_layout_becomes_48k_stereo_at_its_level(tmp_path):
-    path = tmp_path / "mono.wav"
     t = np.arange(22050) / 22050
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("pcm_s16le", rate=22050, layout="mono")
-        frame = av.AudioFrame.from_ndarray((0.5 * np.sin(2 * np.pi * 500 * t)).astype(np.float32)[None],
-                                           format="flt", layout="mono")
-        frame.sample_rate = 22050
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            container.mux(packet)
+    path = write_wav(tmp_path / "mono.wav", 0.5 * np.sin(2 * np.pi * 500 * t)[None], 22050)
     audio = decode_audio(path, "music")
     assert audio.shape[0] == 2 and abs(audio.shape[1] - SAMPLE_RATE) <= 64
     for channel in audio:

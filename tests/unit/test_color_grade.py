@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from shotline.core.color_grade import REC709, Grade, GradeSettings, LabStats, grade_frames, lab_stats
-from tests.unit.test_faces import t1_photo, template_image
+from tests.images import t1_photo, template_image
 
 
 @pytest.fixture(scope="module")

@@ -1,61 +1,14 @@
 """Face detection on real photos and generated images, and the ONNX detector path with a model the test exports."""
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 from shotline.core.faces import AnimeFaceDetector, Face, InsightFaceDetector, letterbox, load_detector
 from shotline.core.models import ModelMissingError
-
-TEMPLATES = "comfyui_workflow_templates_media_image"
-
-
-def package_file(package: str, *parts: str) -> Path:
-    """A data file shipped inside an installed package (no network: the wheels carry these images)."""
-    import importlib.util
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail(f"{package} is not installed: run the tests with `python3 install.py --test`")
-    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
-    assert path.is_file(), path
-    return path
-
-
-@functools.lru_cache(maxsize=None)
-def _read(path: str) -> np.ndarray:
-    image = cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
-    image.setflags(write=False)
-    return image
-
-
-def read_rgb(path) -> np.ndarray:
-    """An image file as (H, W, 3) float RGB in 0..1 (read-only, cached)."""
-    return _read(str(path))
-
-
-def t1_photo() -> np.ndarray:
-    """InsightFace's t1.jpg: six people in a row."""
-    return read_rgb(package_file("insightface", "data", "images", "t1.jpg"))
-
-
-def hanks_photo() -> np.ndarray:
-    return read_rgb(package_file("insightface", "data", "images", "Tom_Hanks_54745.png"))
-
-
-def template_image(name: str) -> np.ndarray:
-    """A picture from ComfyUI's workflow templates (generated images: portraits, anime, landscapes)."""
-    return read_rgb(package_file(TEMPLATES, "templates", f"{name}.webp"))
-
-
-def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
-    bgr = cv2.cvtColor((image * 255 + 0.5).astype(np.uint8), cv2.COLOR_RGB2BGR)
-    _, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
-
+from tests.images import t1_photo, template_image
 
 @pytest.fixture(scope="module")
 def mtcnn():

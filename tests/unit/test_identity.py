@@ -15,7 +15,8 @@ from shotline.core.gallery_cache import GalleryCache, backend_key, reference_emb
 from shotline.core.identity import (CALIBRATIONS, DEFAULT_THRESHOLD, Calibration, aggregate_frames, assign_faces,
                                     calibrate, check_identity, identity_score, identity_verdict, match_gallery)
 from shotline.core.models import ModelMissingError
-from tests.unit.test_faces import export_onnx, hanks_photo, jpeg, t1_photo, template_image
+from tests.images import hanks_photo, jpeg, t1_photo, template_image
+from tests.unit.test_faces import export_onnx
 
 
 @pytest.fixture(scope="module")

@@ -70,3 +70,5 @@ def test_a_characters_own_threshold_overrides_the_default():
     strict = {**lenient, "characters": {"Aiko": {"score": 0.78, "threshold": 0.8}}, "score": 0.78}
     verdict = decide_band(quality(1.0), strict, thresholds=BandThresholds(approve_at=0.8))
     assert verdict["band"] == "review" and "identity: low identity: Aiko 0.78 < 0.8" in verdict["reasons"]
+    zero = {**lenient, "characters": {"Aiko": {"score": 0.5, "threshold": 0.0}}, "score": 0.5}
+    assert not any("low identity" in reason for reason in decide_band(quality(1.0), zero)["reasons"])

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from shotline.core.temporal import TemporalThresholds, assess_frames, ssim
-from tests.unit.test_faces import t1_photo, template_image
+from tests.images import t1_photo, template_image
 
 
 def pan(image, steps: int, step_px: int = 3):
@@ -48,8 +48,8 @@ def test_a_flash_is_flicker_and_a_fade_is_not():
 
 
 def test_ssim_matches_scikit_image():
-    metrics = pytest.importorskip("skimage.metrics")
     import cv2
+    from skimage import metrics
     a = cv2.cvtColor(np.ascontiguousarray(pan(t1_photo(), 2)[0]), cv2.COLOR_RGB2GRAY)
     b = cv2.cvtColor(np.ascontiguousarray(pan(t1_photo(), 2)[1]), cv2.COLOR_RGB2GRAY)
     expected = metrics.structural_similarity(a, b, data_range=1.0, gaussian_weights=True, sigma=1.5,

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from shotline.core import ncnn_device
-from shotline.core.ncnn_device import (CPU, DeviceChoice, DeviceUnavailableError, ProbeResult, describe_exit,
-                                       parse_device, probe_vulkan, resolve_gpuid, run_probe_child)
-from shotline.core.upscale import (CPU_AUTO_TILE, GPU_AUTO_TILE, MODEL_CACHE, MODELS, available_cores, output_size,
-                                   resolve_tile, upscale_frames, upscale_in_processes, worker_count)
+from shotline.core.ncnn_device import (CPU, DeviceChoice, DeviceUnavailableError, ProbeResult, available_cores,
+                                       describe_exit, parse_device, probe_vulkan, resolve_gpuid, run_probe_child)
+from shotline.core.upscale import (CPU_AUTO_TILE, GPU_AUTO_TILE, MODEL_CACHE, MODELS, output_size, resolve_tile,
+                                   upscale_frames, upscale_in_processes, worker_count)
 from tests.images import cel_frame, psnr
 
 

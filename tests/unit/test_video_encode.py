@@ -6,9 +6,9 @@ import av
 import numpy as np
 import pytest
 
-from shotline.core.video_encode import (MediaInfo, Mp4Writer, encode_mp4, frame_rate, probe_media, read_last_frames,
-                                        read_video, to_uint8_rgb)
-from tests.unit.test_faces import t1_photo
+from shotline.core.video_encode import (MediaInfo, Mp4Writer, encode_mp4, frame_rate, probe_media, read_audio,
+                                        read_last_frames, read_video, to_uint8_rgb)
+from tests.images import t1_photo
 
 
 def pan_frames(count: int, width: int = 128, height: int = 96) -> np.ndarray:
@@ -84,6 +84,7 @@ def test_the_longer_stream_sets_the_duration(tmp_path):
     assert longer_video.duration_s == pytest.approx(2.0, abs=0.05)
     silent = encode_mp4(tmp_path / "s.mp4", pan_frames(6), 25, preset="ultrafast")
     assert_probes(silent, duration=6 / 25, fps=25, frames=6, size=(128, 96), audio=False)
+    assert read_audio(tmp_path / "s.mp4") == (None, None)
 
 
 def test_odd_sizes_and_bad_input_are_clear_errors(tmp_path):

@@ -16,8 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .faces import Face, to_uint8_rgb
+from .faces import Face
 from .models import load_insightface_model, require_model
+from .video_encode import to_uint8_rgb
 
 # InsightFace's ArcFace template: where the 5 landmarks sit in a 112 x 112 aligned crop.
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
@@ -114,7 +115,7 @@ class DlibEmbedder:
         self.num_jitters = num_jitters
 
     def embed(self, image, face: Face) -> np.ndarray:
-        rgb = image if isinstance(image, np.ndarray) and image.dtype == np.uint8 else to_uint8_rgb(image)
+        rgb = to_uint8_rgb(image)
         x0, y0, x1, y1 = (int(round(v)) for v in face.box)
         shape = self.shape_predictor(rgb, self._dlib.rectangle(x0, y0, x1, y1))
         descriptor = self.resnet.compute_face_descriptor(rgb, shape, self.num_jitters)

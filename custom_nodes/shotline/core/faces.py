@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from .models import load_insightface_model, require_model
+from .video_encode import to_uint8_rgb
 
 # Landmark order everywhere (InsightFace's): left eye, right eye, nose tip, left mouth corner, right mouth corner,
 # "left" and "right" as seen in the image.
@@ -41,21 +42,6 @@ class Face:
     def as_dict(self) -> dict:
         return {"box": [round(float(v), 1) for v in self.box], "score": round(float(self.score), 4),
                 "landmarks": None if self.landmarks is None else np.round(self.landmarks, 1).tolist()}
-
-
-def to_uint8_rgb(image) -> np.ndarray:
-    """An (H, W, 3) uint8 RGB copy of a float 0..1 image with 1, 3 or 4 channels (NaN read as black)."""
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        image = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-        image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-        raise ValueError(f"expected an (H, W, C) image with 1, 3 or 4 channels, got shape {image.shape}")
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    return np.ascontiguousarray(image[..., :3])
 
 
 def _usable(image: np.ndarray, min_side: int = 16) -> bool:

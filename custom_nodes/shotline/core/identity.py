@@ -43,7 +43,6 @@ import numpy as np
 
 DEFAULT_THRESHOLD = 0.75
 IDR_AT_BOUNDARY = 0.75  # where every calibration puts its decision boundary on the IDR scale
-IDR_AT_IMPOSTOR_MEAN = 0.25
 _LOGIT_BOUNDARY = math.log(IDR_AT_BOUNDARY / (1 - IDR_AT_BOUNDARY))  # ln 3
 
 
@@ -128,7 +127,7 @@ def calibrate(genuine_scores, impostor_scores, metric: str = "cosine", backend: 
     if distance_to_impostors <= 0:
         raise ValueError("impostor scores are not below the boundary on average: the backend does not separate "
                          "these distributions")
-    slope = 2.0 * _LOGIT_BOUNDARY / distance_to_impostors
+    slope = 2.0 * _LOGIT_BOUNDARY / distance_to_impostors  # logit(0.25) = -ln 3: IDR 0.25 at the impostor mean
     return Calibration(backend, metric, boundary=float(sign * boundary_oriented), slope=float(slope),
                        source=f"calibrated on {genuine.size} genuine and {impostor.size} impostor scores")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -83,6 +84,11 @@ def run_probe_child(code: str, args: list[str], timeout: float = PROBE_TIMEOUT_S
         return None, [], f"no answer within {timeout:.0f} s"
     messages = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     return done.returncode, messages, done.stderr.strip()[-400:]
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def describe_exit(returncode: int | None) -> str:

@@ -37,7 +37,8 @@ def character_scores(identity: dict, default_threshold: float) -> dict[str, tupl
 
     A character's own threshold (from its sheet) overrides the default.
     """
-    return {name: (float(result["score"]), float(result.get("threshold") or default_threshold))
+    return {name: (float(result["score"]),
+                   float(default_threshold if result.get("threshold") is None else result["threshold"]))
             for name, result in identity.get("characters", {}).items() if result.get("score") is not None}
 
 

@@ -226,20 +226,17 @@ def _speak_edge(text: str, voice: str, rate: float, edge_proxy: str | None = Non
 def decode_audio(data: bytes, engine: str) -> tuple[np.ndarray, int]:
     """float32 [channels, samples] and the sample rate of an encoded audio file's bytes (MP3, WAV...), by PyAV."""
     import av
+
+    from .video_encode import read_audio
     if not data:
         raise SpeechEngineError(f"{engine} returned no audio")
     try:
-        with av.open(io.BytesIO(data)) as container:
-            stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=stream.sample_rate)
-            planes = [out.to_ndarray() for frame in container.decode(stream) for out in resampler.resample(frame)]
-            planes += [out.to_ndarray() for out in resampler.resample(None)]
-            sample_rate = stream.sample_rate
-    except (av.FFmpegError, IndexError) as error:
+        waveform, sample_rate = read_audio(io.BytesIO(data))
+    except av.FFmpegError as error:
         raise SpeechEngineError(f"{engine} returned audio that does not decode: {error}") from error
-    if not planes:
+    if waveform is None:
         raise SpeechEngineError(f"{engine} returned no audio")
-    return np.concatenate(planes, axis=1).astype(np.float32), sample_rate
+    return waveform, sample_rate
 
 
 # ---------------------------------------------------------------------------------------------------- piper

