@@ -79,9 +79,9 @@ def fingerprint(*parts) -> str:
     return digest.hexdigest()[:16]
 
 
-def pyproject() -> dict:
+def pyproject(path: Path) -> dict:
     import tomllib
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return tomllib.loads(path.read_text())
 
 
 def ensure_system_packages() -> None:
@@ -204,7 +204,7 @@ def write_extra_model_paths() -> None:
 def ensure_random_checkpoint(comfyui: Path, python: Path) -> None:
     if RANDOM_CHECKPOINT.exists():
         return
-    run([python, ROOT / "controller" / "random_checkpoint.py", "--comfyui", comfyui, "--output", RANDOM_CHECKPOINT])
+    run([python, ROOT / "controller" / "comfy" / "random_checkpoint.py", "--comfyui", comfyui, "--output", RANDOM_CHECKPOINT])
 
 
 def main() -> int:
@@ -235,15 +235,14 @@ def main() -> int:
     else:
         comfyui, comfy_python, managed = MANAGED_COMFYUI_DIR, python, True
 
-    project = pyproject()
-    pack_requirements = project["project"]["dependencies"]
-    stamp = fingerprint(ROOT / "pyproject.toml", str(comfyui), str(comfy_python), COMFYUI_CARRIER, *TORCH_PACKAGES)
+    pack = pyproject(PACK_DIR / "pyproject.toml")  # the node pack's own requirements, for ComfyUI's Python
+    stamp = fingerprint(ROOT / "pyproject.toml", PACK_DIR / "pyproject.toml", str(comfyui), str(comfy_python), COMFYUI_CARRIER, *TORCH_PACKAGES)
     if state.get("stamp") != stamp or not (comfyui / "main.py").exists():
         if managed:
             install_managed_comfyui(python)
-        pip_install(comfy_python, pack_requirements, protect=True)
-        pip_install(comfy_python, ["--no-deps", *project["tool"]["shotline"]["no-deps"]], protect=True)
-        pip_install(python, ["-e", f"{ROOT}[controller,test]"], protect=True)
+        pip_install(comfy_python, pack["project"]["dependencies"], protect=True)
+        pip_install(comfy_python, ["--no-deps", *pack["tool"]["shotline"]["no-deps"]], protect=True)
+        pip_install(python, ["-e", f"{ROOT}[test]"], protect=True)  # the controller, `shotline`
         state = {"stamp": stamp}
     else:
         log("Python packages already installed (pyproject.toml unchanged)")

@@ -20,7 +20,7 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 from shotline.core.video_encode import encode_mp4  # noqa: E402
 
-from controller.assembly import SAMPLE_RATE, ClipSource, assemble  # noqa: E402
+from shotline_controller.media.assembly import SAMPLE_RATE, ClipSource, assemble  # noqa: E402
 from tests.images import write_wav  # noqa: E402
 from timing import best_seconds  # noqa: E402  (bench/timing.py, beside this script)
 

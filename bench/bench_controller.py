@@ -44,15 +44,15 @@ import aiohttp  # noqa: E402
 from psycopg.types.json import Jsonb  # noqa: E402
 from psycopg_pool import AsyncConnectionPool  # noqa: E402
 
-from controller.comfy_client import ComfyBackend  # noqa: E402
-from controller.comfy_server import LocalComfyServer  # noqa: E402
-from controller.dispatcher import Dispatcher  # noqa: E402
-from controller.embedded_postgres_server import EmbeddedPostgres, public_temp_dir  # noqa: E402
-from controller.presets import fill_preset, load_preset  # noqa: E402
-from controller.settings import RANDOM_CHECKPOINT_NAME, load_settings  # noqa: E402
-from controller.shot_list import parse_shot, shot_from_record  # noqa: E402
-from controller.shot_queue import ShotQueue  # noqa: E402
-from controller.shot_store import apply_migrations  # noqa: E402
+from shotline_controller.comfy.client import ComfyBackend  # noqa: E402
+from shotline_controller.comfy.server import LocalComfyServer  # noqa: E402
+from shotline_controller.workers.dispatcher import Dispatcher  # noqa: E402
+from shotline_controller.embedded_postgres import EmbeddedPostgres, public_temp_dir  # noqa: E402
+from shotline_controller.comfy.presets import fill_preset, load_preset  # noqa: E402
+from shotline_controller.settings import RANDOM_CHECKPOINT_NAME, load_settings  # noqa: E402
+from shotline_controller.shot_list import parse_shot, shot_from_record  # noqa: E402
+from shotline_controller.store.shots import ShotQueue  # noqa: E402
+from shotline_controller.store.attempts import apply_migrations  # noqa: E402
 
 PRESET_NAME = "bench_trivial"
 PRESET = {

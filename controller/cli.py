@@ -20,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 from shotline.core.characters import CharacterSheetError, parse_sheet, write_character
 from tqdm import tqdm
 
-from .assemblies import (
+from shotline_controller.media.assembly_jobs import (
     AssemblyConflict,
     AssemblyJobs,
     BatchNotFound,
@@ -29,18 +29,18 @@ from .assemblies import (
     parse_assembly_request,
     run_assembly_job,
 )
-from .assembly import AssemblyError
-from .comfy_client import ComfyBackend, ComfyUnavailable
-from .comfy_server import ComfyStartError, LocalComfyServer
-from .embedded_postgres_server import EmbeddedPostgres, EmbeddedPostgresError
-from .dispatcher import Dispatcher
-from .presets import PresetError, load_preset
-from .render import RenderError
-from .settings import Settings, load_settings
-from .shot_list import ShotListError, load_shot_list
-from .service import create_app, load_or_create_token
-from .shot_queue import ShotQueue
-from .shot_store import ShotStore, apply_migrations
+from shotline_controller.media.assembly import AssemblyError
+from shotline_controller.comfy.client import ComfyBackend, ComfyUnavailable
+from shotline_controller.comfy.server import ComfyStartError, LocalComfyServer
+from shotline_controller.embedded_postgres import EmbeddedPostgres, EmbeddedPostgresError
+from shotline_controller.workers.dispatcher import Dispatcher
+from shotline_controller.comfy.presets import PresetError, load_preset
+from shotline_controller.comfy.results import RenderError
+from shotline_controller.settings import Settings, load_settings
+from shotline_controller.shot_list import ShotListError, load_shot_list
+from shotline_controller.api.app import create_app, load_or_create_token
+from shotline_controller.store.shots import ShotQueue
+from shotline_controller.store.attempts import ShotStore, apply_migrations
 
 log = logging.getLogger("shotline")
 

@@ -12,7 +12,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# A source checkout (install.py beside the package) keeps its state in .shotline/ there; an installed package
+# in ~/.shotline. SHOTLINE_HOME overrides both.
+_CHECKOUT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = _CHECKOUT if (_CHECKOUT / "install.py").is_file() else None
+DEFAULT_STATE_DIR = (PROJECT_ROOT / ".shotline") if PROJECT_ROOT else Path.home() / ".shotline"
 RANDOM_CHECKPOINT_NAME = "shotline-random-sd15.safetensors"
 
 
@@ -40,7 +44,7 @@ class Settings:
 
 
 def load_settings() -> Settings:
-    state_dir = Path(os.environ.get("SHOTLINE_HOME", PROJECT_ROOT / ".shotline")).resolve()
+    state_dir = Path(os.environ.get("SHOTLINE_HOME", DEFAULT_STATE_DIR)).resolve()
     state_file = state_dir / "install.json"
     recorded = json.loads(state_file.read_text()) if state_file.exists() else {}
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.comfy_server import LocalComfyServer
-from controller.embedded_postgres_server import EmbeddedPostgres, public_temp_dir
-from controller.settings import PROJECT_ROOT, RANDOM_CHECKPOINT_NAME, load_settings
+from shotline_controller.comfy.server import LocalComfyServer
+from shotline_controller.embedded_postgres import EmbeddedPostgres, public_temp_dir
+from shotline_controller.settings import PROJECT_ROOT, RANDOM_CHECKPOINT_NAME, load_settings
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +35,7 @@ def model_cache(settings) -> Path:
     models = settings.state_dir / "models"
     checkpoint = models / "checkpoints" / RANDOM_CHECKPOINT_NAME
     if not checkpoint.exists():
-        subprocess.run([str(settings.comfyui_python), str(PROJECT_ROOT / "controller" / "random_checkpoint.py"),
+        subprocess.run([str(settings.comfyui_python), str(PROJECT_ROOT / "controller" / "comfy" / "random_checkpoint.py"),
                         "--comfyui", str(settings.comfyui_dir), "--output", str(checkpoint)], check=True)
     return models
 

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from controller.settings import load_settings
+from shotline_controller.settings import load_settings
 
 
 def comfy_example_image() -> np.ndarray:

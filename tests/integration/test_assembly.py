@@ -17,8 +17,8 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 from shotline.core.video_encode import probe_media
 
-from controller.service import create_app
-from controller.settings import Settings
+from shotline_controller.api.app import create_app
+from shotline_controller.settings import Settings
 from tests.conftest import fresh_database
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from controller.comfy_server import LocalComfyServer, free_port
+from shotline_controller.comfy.server import LocalComfyServer, free_port
 
 pytestmark = pytest.mark.integration
 SHOTLINE = Path(sys.executable).parent / "shotline"

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from controller.comfy_client import ComfyBackend
-from controller.render import collect_results, shot_status
+from shotline_controller.comfy.client import ComfyBackend
+from shotline_controller.comfy.results import collect_results, shot_status
 from shotline.core.characters import parse_sheet, write_character
 from tests.images import jpeg
 from tests.unit.test_identity import group_picture, t1_tiles

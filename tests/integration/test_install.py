@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from controller.embedded_postgres_server import public_temp_dir
-from controller.settings import PROJECT_ROOT, RANDOM_CHECKPOINT_NAME
+from shotline_controller.embedded_postgres import public_temp_dir
+from shotline_controller.settings import PROJECT_ROOT, RANDOM_CHECKPOINT_NAME
 
 pytestmark = pytest.mark.integration
 

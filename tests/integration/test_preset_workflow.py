@@ -6,9 +6,9 @@ import pytest
 from comfy_cli.workflow_to_api import convert_ui_to_api
 from PIL import Image
 
-from controller.presets import fill_preset, load_preset, preset_path
-from controller.settings import RANDOM_CHECKPOINT_NAME
-from controller.shot_list import parse_shot_list
+from shotline_controller.comfy.presets import fill_preset, load_preset, preset_path
+from shotline_controller.settings import RANDOM_CHECKPOINT_NAME
+from shotline_controller.shot_list import parse_shot_list
 
 pytestmark = pytest.mark.integration
 PRESETS = sorted(path.stem for path in preset_path("x").parent.glob("*.json"))

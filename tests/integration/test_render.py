@@ -12,8 +12,8 @@ import psycopg
 import pytest
 import yaml
 
-from controller.embedded_postgres_server import EmbeddedPostgres, public_temp_dir
-from controller.presets import preset_path
+from shotline_controller.embedded_postgres import EmbeddedPostgres, public_temp_dir
+from shotline_controller.comfy.presets import preset_path
 
 pytestmark = pytest.mark.integration
 SHOTLINE = Path(sys.executable).parent / "shotline"

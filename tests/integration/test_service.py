@@ -15,12 +15,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from psycopg_pool import AsyncConnectionPool
 
-from controller import service
-from controller.service import create_app, load_or_create_token
-from controller.settings import Settings
-from controller.shot_list import parse_shot_list
-from controller.shot_queue import ShotQueue
-from controller.shot_store import apply_migrations
+from shotline_controller import service
+from shotline_controller.api.app import create_app, load_or_create_token
+from shotline_controller.settings import Settings
+from shotline_controller.shot_list import parse_shot_list
+from shotline_controller.store.shots import ShotQueue
+from shotline_controller.store.attempts import apply_migrations
 
 pytestmark = pytest.mark.integration
 

@@ -5,9 +5,9 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from controller.shot_list import parse_shot_list
-from controller.shot_queue import ShotQueue
-from controller.shot_store import MIGRATIONS_DIR, ShotStore, apply_migrations
+from shotline_controller.shot_list import parse_shot_list
+from shotline_controller.store.shots import ShotQueue
+from shotline_controller.store.attempts import MIGRATIONS_DIR, ShotStore, apply_migrations
 
 pytestmark = pytest.mark.integration
 

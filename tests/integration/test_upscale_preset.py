@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
 
-from controller.presets import fill_preset, load_preset, nodes_titled
-from controller.settings import RANDOM_CHECKPOINT_NAME
-from controller.shot_list import parse_shot_list
+from shotline_controller.comfy.presets import fill_preset, load_preset, nodes_titled
+from shotline_controller.settings import RANDOM_CHECKPOINT_NAME
+from shotline_controller.shot_list import parse_shot_list
 
 pytestmark = pytest.mark.integration
 

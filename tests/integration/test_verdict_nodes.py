@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from controller.settings import RANDOM_CHECKPOINT_NAME
+from shotline_controller.settings import RANDOM_CHECKPOINT_NAME
 from shotline.core.characters import parse_sheet, write_character
 from tests.images import save_png
 from tests.integration.test_comfy_pack import quality_graph

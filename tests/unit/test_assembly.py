@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from shotline.core.video_encode import encode_mp4, probe_media, read_video
 
-from controller.assemblies import choose_output, failure, parse_assembly_request, request_json
-from controller.assembly import (
+from shotline_controller.media.assembly_jobs import choose_output, failure, parse_assembly_request, request_json
+from shotline_controller.media.assembly import (
     SAMPLE_RATE,
     AssemblyError,
     ClipSource,
@@ -321,7 +321,7 @@ def test_a_queued_request_reads_back_as_it_was_parsed(tmp_path):
 
 
 def test_job_failures_keep_the_status_the_request_would_have_had():
-    from controller.assemblies import AssemblyConflict, BatchNotFound, SourceUnavailable
+    from shotline_controller.media.assembly_jobs import AssemblyConflict, BatchNotFound, SourceUnavailable
     assert failure(AssemblyConflict("scene 'x' has no approved shot")) == (
         {"message": "scene 'x' has no approved shot", "field": None, "status": 409}, True)
     assert failure(SourceUnavailable("gone"))[0]["status"] == 502

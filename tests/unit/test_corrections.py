@@ -1,4 +1,4 @@
-from controller.corrections import CROWD_NEGATIVE, SEED_STEP, choose_correction
+from shotline_controller.comfy.corrections import CROWD_NEGATIVE, SEED_STEP, choose_correction
 
 PARAMS = {"prompt": "a girl on a rooftop", "negative": "lowres", "seed": 5, "steps": 20, "cfg": 7.0,
           "width": 128, "height": 96}

@@ -1,7 +1,7 @@
 import pytest
 
-from controller.presets import PresetError, fill_preset, load_preset
-from controller.shot_list import parse_shot_list
+from shotline_controller.comfy.presets import PresetError, fill_preset, load_preset
+from shotline_controller.shot_list import parse_shot_list
 
 
 def shot(**fields):

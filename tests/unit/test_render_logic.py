@@ -1,4 +1,4 @@
-from controller.render import collect_results, shot_status
+from shotline_controller.comfy.results import collect_results, shot_status
 
 
 def test_shot_status_follows_the_worst_band_or_every_check():

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.shot_list import ShotListError, load_shot_list, parse_shot_list
+from shotline_controller.shot_list import ShotListError, load_shot_list, parse_shot_list
 
 
 def error_field(data) -> str:
@@ -88,7 +88,7 @@ def test_files_yaml_json_and_unparseable(tmp_path):
 
 
 def test_a_stored_shot_reads_back_the_same_and_is_validated_again():
-    from controller.shot_list import shot_from_record
+    from shotline_controller.shot_list import shot_from_record
     [shot] = parse_shot_list([{"id": "a", "prompt": "x", "size": "128x96", "steps": 2, "seed": 9}])
     assert shot_from_record(shot.as_dict()) == shot
     with pytest.raises(ShotListError, match=r"shot\.size\.width"):
@@ -104,7 +104,7 @@ def test_scene_and_duration_default_and_are_stored():
     [plain] = parse_shot_list([{"id": "a", "prompt": "x"}])
     assert (plain.scene, plain.duration) == ("main", 2.0)
     assert shots[2].as_dict()["scene"] == "sc02" and shots[2].as_dict()["duration"] == 1.0
-    from controller.shot_list import shot_from_record
+    from shotline_controller.shot_list import shot_from_record
     assert shot_from_record(shots[1].as_dict()) == shots[1]
     # a shot stored before scenes existed reads back with the defaults
     old = {key: value for key, value in shots[1].as_dict().items() if key not in ("scene", "duration")}
@@ -112,7 +112,7 @@ def test_scene_and_duration_default_and_are_stored():
 
 
 def test_video_fields_are_optional_and_stored():
-    from controller.shot_list import shot_from_record
+    from shotline_controller.shot_list import shot_from_record
     [plain, video] = parse_shot_list([{"id": "a", "prompt": "x"},
                                       {"id": "b", "prompt": "y", "frames": 8, "fps": 12, "dialogue": "Where is she?"}])
     assert (plain.frames, plain.fps, plain.dialogue) == (None, None, None)
@@ -123,7 +123,7 @@ def test_video_fields_are_optional_and_stored():
 
 @pytest.mark.parametrize("name", ["example_shots.yaml", "example_scene.yaml"])
 def test_example_shot_lists_parse_and_fit_their_presets(name):
-    from controller.presets import fill_preset, load_preset
+    from shotline_controller.comfy.presets import fill_preset, load_preset
     shots = load_shot_list(Path(__file__).resolve().parents[2] / "workflows" / name)
     for shot in shots:
         fill_preset(load_preset(shot.workflow), shot, checkpoint="m.safetensors", filename_prefix="p")

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 
-from .settings import RANDOM_CHECKPOINT_NAME
-from .shot_list import Shot
+from shotline_controller.settings import RANDOM_CHECKPOINT_NAME
+from shotline_controller.shot_list import Shot
 
 VERDICT_UI_KEY = "shotline_verdict"  # what our check nodes put in their ui output
 

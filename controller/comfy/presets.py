@@ -23,11 +23,12 @@ from __future__ import annotations
 import copy
 import json
 import os
+from importlib import resources
 from pathlib import Path
 
-from .shot_list import PRESET_NAME_PATTERN, Shot
+from shotline_controller.shot_list import PRESET_NAME_PATTERN, Shot
 
-WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "workflows"
+WORKFLOWS_DIR = Path(str(resources.files("shotline_controller.presets")))  # workflows/, shipped as package data
 
 
 def preset_dirs() -> list[Path]:

@@ -3,7 +3,7 @@
 For tests and first runs on machines with no downloaded weights: CheckpointLoaderSimple detects it as SD1.5
 and a KSampler graph runs through it, but its images are coloured noise. Run with the Python ComfyUI uses:
 
-    python controller/random_checkpoint.py --comfyui PATH --output FILE.safetensors
+    python controller/comfy/random_checkpoint.py --comfyui PATH --output FILE.safetensors
 
 The UNet keeps SD1.5's width and text context (so CLIP-L conditioning fits) with two levels, one res block
 each and one transformer level; the VAE is TAESD, small and fast to decode on a CPU.

@@ -10,7 +10,7 @@ claims it under a lease, as shots are claimed; the CLI records its job as claime
 3. Each approved shot's file is its latest succeeded attempt's output: a video (.mp4/.webm/.mov/.mkv) if there
    is one, else the last image. It is fetched from the ComfyUI that rendered it (`attempts.backend`) through
    ComfyUI's public `GET /view`, which serves local and remote servers alike.
-4. `controller.assembly.assemble` writes the MP4 and its thumbnail (in a thread: the event loop stays free), and
+4. `shotline_controller.media.assembly.assemble` writes the MP4 and its thumbnail (in a thread: the event loop stays free), and
    the assembly is recorded with its parts: where each shot (or scene) starts in the cut and how long it lasts.
 
 Files: scenes in `<assemblies dir>/<batch_id>/<scene>.mp4`, episodes in
@@ -34,7 +34,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from .assembly import (
+from shotline_controller.media.assembly import (
     MAX_CROSSFADE_S,
     MAX_FPS,
     MIN_FPS,
@@ -46,7 +46,7 @@ from .assembly import (
     is_video_file,
     parse_size,
 )
-from .shot_list import DEFAULT_DURATION, DEFAULT_SCENE, SCENE_KEY_PATTERN
+from shotline_controller.shot_list import DEFAULT_DURATION, DEFAULT_SCENE, SCENE_KEY_PATTERN
 
 DEFAULT_CROSSFADE_S = 0.5
 REQUEST_FIELDS = ("scenes", "crossfade_s", "fps", "size", "music", "episode")

@@ -38,7 +38,7 @@ from shotline.core.characters import (
     write_character,
 )
 
-from .assemblies import (
+from shotline_controller.media.assembly_jobs import (
     JOBS_CHANNEL,
     AssemblyConflict,
     AssemblyJobs,
@@ -49,12 +49,12 @@ from .assemblies import (
     parse_assembly_request,
     run_assembly_job,
 )
-from .assembly import AssemblyError
-from .openapi import openapi_document
-from .presets import PresetError, load_preset
-from .shot_list import ShotListError, parse_shot_list
-from .shot_queue import ShotQueue
-from .shot_store import ShotStore
+from shotline_controller.media.assembly import AssemblyError
+from shotline_controller.api.openapi import openapi_document
+from shotline_controller.comfy.presets import PresetError, load_preset
+from shotline_controller.shot_list import ShotListError, parse_shot_list
+from shotline_controller.store.shots import ShotQueue
+from shotline_controller.store.attempts import ShotStore
 
 log = logging.getLogger("shotline.service")
 

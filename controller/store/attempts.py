@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from importlib import resources
 from pathlib import Path
 
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from .shot_queue import FINAL_STATUSES
+from shotline_controller.store.shots import FINAL_STATUSES
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "db" / "migrations"
+MIGRATIONS_DIR = Path(str(resources.files("shotline_controller.migrations")))  # db/migrations, as package data
 
 
 async def apply_migrations(pool: AsyncConnectionPool) -> list[str]:

@@ -19,14 +19,14 @@ from typing import Awaitable, Callable
 
 from psycopg_pool import AsyncConnectionPool
 
-from .comfy_client import ComfyBackend, ComfyUnavailable, PromptLost, PromptRejected, PromptResult
-from .corrections import choose_correction
-from .presets import PresetError, fill_preset, load_preset
-from .render import RenderError, choose_checkpoint, collect_results, combo_options, shot_status
-from .settings import RANDOM_CHECKPOINT_NAME
-from .shot_list import shot_from_record
-from .shot_queue import ClaimedShot, ShotQueue
-from .shot_store import ShotStore
+from shotline_controller.comfy.client import ComfyBackend, ComfyUnavailable, PromptLost, PromptRejected, PromptResult
+from shotline_controller.comfy.corrections import choose_correction
+from shotline_controller.comfy.presets import PresetError, fill_preset, load_preset
+from shotline_controller.comfy.results import RenderError, choose_checkpoint, collect_results, combo_options, shot_status
+from shotline_controller.settings import RANDOM_CHECKPOINT_NAME
+from shotline_controller.shot_list import shot_from_record
+from shotline_controller.store.shots import ClaimedShot, ShotQueue
+from shotline_controller.store.attempts import ShotStore
 
 log = logging.getLogger("shotline.dispatcher")
 

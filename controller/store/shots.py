@@ -15,7 +15,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from .shot_list import Shot
+from shotline_controller.shot_list import Shot
 
 FINAL_STATUSES = ("approved", "needs_review", "rejected", "failed", "cancelled")
 

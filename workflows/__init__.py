@@ -1,0 +1,1 @@
+"""Preset workflows (editor format here, API format in api/): package data of shotline_controller."""
