@@ -1,4 +1,8 @@
-"""The `shotline` command."""
+"""The `shotline` command: render, serve, status, assemble, character put.
+
+Every input is checked by the contract before any server starts (exit 2, the message names the field); a
+database, a ComfyUI or a preset that cannot be used is exit 1 with one line saying why, never a traceback.
+"""
 from __future__ import annotations
 
 import argparse
@@ -14,35 +18,42 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+import psycopg
 from aiohttp import web
-import yaml
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from shotline.core.characters import CharacterSheetError, parse_sheet, write_character
 from tqdm import tqdm
 
+from shotline_controller.api.app import create_app, load_or_create_token
+from shotline_controller.comfy.client import ComfyBackend, ComfyUnavailable
+from shotline_controller.comfy.presets import PresetError
+from shotline_controller.comfy.results import RenderError
+from shotline_controller.comfy.server import ComfyStartError, ComfySupervisor, LocalComfyServer
+from shotline_controller.contract import AssemblyRequest, InputError, validated
+from shotline_controller.embedded_postgres import EmbeddedPostgres, EmbeddedPostgresError
+from shotline_controller.media.assembly import AssemblyError
 from shotline_controller.media.assembly_jobs import (
     AssemblyConflict,
-    AssemblyJobs,
     BatchNotFound,
     JobLost,
     SourceUnavailable,
-    parse_assembly_request,
     run_assembly_job,
 )
-from shotline_controller.media.assembly import AssemblyError
-from shotline_controller.comfy.client import ComfyBackend, ComfyUnavailable
-from shotline_controller.comfy.server import ComfyStartError, LocalComfyServer
-from shotline_controller.embedded_postgres import EmbeddedPostgres, EmbeddedPostgresError
-from shotline_controller.workers.dispatcher import Dispatcher
-from shotline_controller.comfy.presets import PresetError, load_preset
-from shotline_controller.comfy.results import RenderError
-from shotline_controller.settings import Settings, load_settings
-from shotline_controller.shot_list import ShotListError, load_shot_list
-from shotline_controller.api.app import create_app, load_or_create_token
-from shotline_controller.store.shots import ShotQueue
-from shotline_controller.store.attempts import ShotStore, apply_migrations
+from shotline_controller.media.sniff import sniff
+from shotline_controller.parsing import parse_yaml
+from shotline_controller.settings import Settings, SettingsError, load_settings
+from shotline_controller.shot_list import check_presets, queued_shots, read_media_file, read_shot_list
+from shotline_controller.store.assemblies import AssemblyStore
+from shotline_controller.store.characters import CharacterStore
+from shotline_controller.store.migrations import apply_migrations
+from shotline_controller.store.shots import ShotStore
+from shotline_controller.store.uploads import UploadStore
+from shotline_controller.webhook_policy import WebhookPolicy
+from shotline_controller.workers.runner import Workers
 
 log = logging.getLogger("shotline")
+UNUSABLE = (PresetError, RenderError, ComfyStartError, ComfyUnavailable, EmbeddedPostgresError, SettingsError,
+            psycopg.OperationalError, PoolTimeout, aiohttp.ClientError)
 
 
 class ServiceError(RuntimeError):
@@ -52,13 +63,13 @@ class ServiceError(RuntimeError):
 @asynccontextmanager
 async def open_database(settings: Settings, max_connections: int = 4):
     """A pool on DATABASE_URL, or on the embedded server (started if needed, stopped again if this started it)."""
-    server = None
+    server, started_here = None, False
     url = settings.database_url
     if not url:
         server = EmbeddedPostgres(settings.postgres_data_dir)
-        started_here = server.start()
+        started_here = await asyncio.to_thread(server.start)
         url = server.url
-    pool = AsyncConnectionPool(url, min_size=1, max_size=max_connections, open=False)
+    pool = AsyncConnectionPool(url, min_size=1, max_size=max_connections, open=False, timeout=30)
     try:
         await pool.open(wait=True, timeout=30)
         await apply_migrations(pool)
@@ -66,38 +77,22 @@ async def open_database(settings: Settings, max_connections: int = 4):
     finally:
         await pool.close()
         if server is not None and started_here:
-            server.stop()
+            await asyncio.to_thread(server.stop)
 
 
-@asynccontextmanager
-async def open_comfy(settings: Settings, url: str | None):
-    """A ComfyUI base URL: the one given, or a local server started for this run."""
-    if url:
-        yield url, None
-        return
-    async with start_local_comfy(settings) as server:
-        yield server.url, server
-
-
-@asynccontextmanager
-async def start_local_comfy(settings: Settings):
+def local_comfy(settings: Settings) -> ComfySupervisor:
+    """The installed ComfyUI, run (and restarted when it dies) by this controller, writing under <state>/comfyui."""
     if not settings.comfyui_dir or not settings.comfyui_python:
         raise ComfyStartError("no ComfyUI configured: run `python3 install.py` (optionally with --comfyui PATH), "
                               "or pass --comfy URL")
     server = LocalComfyServer(settings.comfyui_dir, settings.comfyui_python,
                               log_path=settings.state_dir / "logs" / "comfyui.log",
-                              extra_model_paths=settings.extra_model_paths)
-    print(f"starting ComfyUI from {settings.comfyui_dir} (log: {server.log_path}) ...", flush=True)
-    seconds = await asyncio.to_thread(server.start)
-    print(f"ComfyUI ready at {server.url} in {seconds:.1f} s", flush=True)
-    try:
-        yield server
-    finally:
-        await asyncio.to_thread(server.stop)
+                              extra_model_paths=settings.extra_model_paths, state_dir=settings.state_dir)
+    return ComfySupervisor(server)
 
 
 def print_summary(shots: list[dict]) -> None:
-    """The table a render ends with, from ShotQueue.batch_shots rows (or the service's JSON of them)."""
+    """The table a render ends with, from ShotStore.batch_shots rows (or the service's JSON of them)."""
     for shot in shots:
         if shot.get("error"):
             print(f"  {shot['shot_key']}: {shot['error'].strip().splitlines()[0]}")
@@ -113,48 +108,82 @@ def print_table(headers, table: list[list[str]]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
 
 
+def _progress(progress: tqdm, batch: dict) -> None:
+    progress.n = batch["done"]
+    progress.set_postfix_str(", ".join(f"{k} {v}" for k, v in sorted(batch["counts"].items())))
+    progress.refresh()
+
+
+# --- render ----------------------------------------------------------------------------------------------------
+
 async def render_command(args) -> int:
-    shots = load_shot_list(args.file)  # bad input fails here, before any server starts
-    for workflow in {shot.workflow for shot in shots}:
-        load_preset(workflow)
+    shot_list = read_shot_list(args.file)  # bad input fails here, before any server starts
+    check_presets(shot_list)
+    base_dir = Path(args.file).resolve().parent
+    images = {shot.image: await asyncio.to_thread(read_media_file, base_dir, shot.image, f"shots[{index}].image")
+              for index, shot in enumerate(shot_list.shots) if shot.image}
     settings = load_settings()
     started = time.monotonic()
-    async with open_database(settings) as pool, open_comfy(settings, args.comfy) as (url, _server):
-        queue = ShotQueue(pool)
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            backend = ComfyBackend(url, session)
-            await backend.start()  # an unreachable server fails here, before anything is queued
-            batch_id, _ = await queue.submit_batch(shots, str(Path(args.file).resolve()),
-                                                   max_attempts=args.max_attempts)
-            print(f"batch {batch_id}: {len(shots)} shots queued (at most {args.max_attempts} attempts each)")
-            with tqdm(total=len(shots), unit="shot", desc="rendering", file=sys.stderr) as progress:
-                async def finished() -> bool:
-                    batch = await queue.batch(batch_id)
-                    progress.n = batch["done"]
-                    progress.set_postfix_str(", ".join(f"{k} {v}" for k, v in sorted(batch["counts"].items())))
-                    progress.refresh()
-                    return batch["finished"]
-                try:
-                    await Dispatcher(pool, [backend]).run(until=finished)
-                finally:
-                    await backend.close()
-            rows = await queue.batch_shots(batch_id)
+    async with AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(open_database(settings, max_connections=6))
+        url = args.comfy
+        if not url:
+            supervisor = local_comfy(settings)
+            print(f"starting ComfyUI from {settings.comfyui_dir} (log: {supervisor.server.log_path}) ...", flush=True)
+            seconds = await stack.enter_async_context(_supervised(supervisor))
+            print(f"ComfyUI ready at {supervisor.url} in {seconds:.1f} s", flush=True)
+            url = supervisor.url
+        session = await stack.enter_async_context(aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)))
+        backend = ComfyBackend(url, session)
+        await backend.start()  # an unreachable server fails here, before anything is queued
+        uploads, store = UploadStore(pool), ShotStore(pool)
+
+        async def media(name: str, field: str) -> str:
+            return (await uploads.put(images[name], sniff(images[name])))["ref"]
+
+        shots = await queued_shots(shot_list, media)
+        batch_id, _ = await store.submit_batch(shots, str(Path(args.file).resolve()), max_attempts=args.max_attempts)
+        print(f"batch {batch_id}: {len(shots)} shots queued (at most {args.max_attempts} attempts each)")
+        workers = Workers(pool, [backend], service=False)
+        with tqdm(total=len(shots), unit="shot", desc="rendering", file=sys.stderr) as progress:
+            async def finished() -> bool:
+                batch = await store.batch(batch_id)
+                _progress(progress, batch)
+                return batch["finished"]
+            await workers.run(stop=asyncio.Event(), until=finished)
+        rows = await store.batch_shots(batch_id)
     print(f"\nbatch {batch_id}: {len(shots)} shots in {time.monotonic() - started:.1f} s")
     print_summary(rows)
     return 1 if any(row["status"] == "failed" for row in rows) else 0
 
 
-async def render_on_server(args, shots_text: str) -> int:
+@asynccontextmanager
+async def _supervised(supervisor: ComfySupervisor):
+    try:
+        yield await supervisor.start()
+    finally:
+        await supervisor.stop()
+
+
+async def render_on_server(args, shots_text: bytes) -> int:
     """Submit the shot list to a running `shotline serve` and follow the batch to its end."""
     token = args.token or os.environ.get("SHOTLINE_TOKEN")
     if not token:
         raise ServiceError("--server needs the service's token: --token or SHOTLINE_TOKEN")
     base = args.server.rstrip("/")
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/yaml"}
+    headers = {"Authorization": f"Bearer {token}"}
+    form = aiohttp.FormData()
+    form.add_field("shots", shots_text, filename=Path(args.file).name,
+                   content_type="application/json" if args.file.suffix.lower() == ".json" else "application/yaml")
+    base_dir = Path(args.file).resolve().parent
+    for index, shot in enumerate(read_shot_list(args.file).shots):  # the images it names travel with it
+        if shot.image:
+            form.add_field("file", read_media_file(base_dir, shot.image, f"shots[{index}].image"),
+                           filename=shot.image, content_type="application/octet-stream")
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{base}/api/v1/batches", data=shots_text.encode(), headers=headers) as response:
-            body = await response.json()
+        async with session.post(f"{base}/api/v1/batches", data=form, headers=headers) as response:
+            body = await response.json(content_type=None)
             if response.status != 201:
                 raise ServiceError(f"{response.status}: {body.get('error')}"
                                    + (f" (field {body['field']})" if body.get("field") else ""))
@@ -164,9 +193,7 @@ async def render_on_server(args, shots_text: str) -> int:
             while True:
                 async with session.get(f"{base}/api/v1/batches/{batch_id}") as response:
                     batch = await response.json()
-                progress.n = batch["done"]
-                progress.set_postfix_str(", ".join(f"{k} {v}" for k, v in sorted(batch["counts"].items())))
-                progress.refresh()
+                _progress(progress, batch)
                 if batch["finished"]:
                     break
                 await asyncio.sleep(0.5)
@@ -176,62 +203,75 @@ async def render_on_server(args, shots_text: str) -> int:
     return 1 if any(row["status"] == "failed" for row in rows) else 0
 
 
+# --- serve -----------------------------------------------------------------------------------------------------
+
 async def serve_command(args) -> int:
-    """The service and a dispatcher in one process, until SIGINT/SIGTERM."""
+    """The service and its workers in one process, until SIGINT/SIGTERM. The API listens first; a ComfyUI that
+    is down (or still starting) is shown disconnected and retried, and a signal stops everything in seconds."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     settings = load_settings()
+    policy = WebhookPolicy.from_environment()
     token, created = load_or_create_token(settings.state_dir)
     if created:
         print(f"new API token (kept in {settings.state_dir / 'service_token'}): {token}", flush=True)
     async with AsyncExitStack() as stack:
-        urls = list(args.comfy or [])
-        # a connection per dispatcher slot, plus the lease keeper, the assembly worker and the API's requests
-        pool = await stack.enter_async_context(open_database(settings, max(1, len(urls)) * args.slots + 5))
-        if not urls:
-            urls.append((await stack.enter_async_context(start_local_comfy(settings))).url)
+        # requests and workers borrow connections for milliseconds: a small pool serves many backends
+        pool = await stack.enter_async_context(open_database(settings, args.db_connections))
         session = await stack.enter_async_context(aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)))
+        urls, supervisors = list(args.comfy or []), {}
+        if not urls:
+            supervisor = local_comfy(settings)
+            supervisors[supervisor.url] = supervisor
+            urls.append(supervisor.url)
         backends = [ComfyBackend(url, session) for url in urls]
-        dispatcher = Dispatcher(pool, backends, slots_per_backend=args.slots, lease_seconds=args.lease)
-        app = create_app(pool, settings, token, backends=backends)
-        runner = web.AppRunner(app, access_log=None)
+        workers = Workers(pool, backends, supervisors=supervisors, slots_per_backend=args.slots,
+                          lease_seconds=args.lease, webhook_secret=_webhook_secret(token), webhook_policy=policy,
+                          max_streams=args.max_streams)
+        app = create_app(pool, settings, token, backends=backends, supervisors=supervisors,
+                         notifications=workers.notifications, metrics=workers.metrics, webhook_policy=policy)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         await web.TCPSite(runner, args.host, args.port).start()
-        print(f"Shotline service on http://{args.host}:{args.port} (OpenAPI: /openapi.json), "
-              f"{len(backends)} ComfyUI backend(s): {', '.join(urls)}", flush=True)
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(signum, dispatcher.stop)
-        await dispatcher.run()  # until a signal; the shots it holds then go back to the queue
-        for backend in backends:
-            await backend.close()
+        print(f"Shotline service on http://{args.host}:{args.port} (OpenAPI: /openapi.json, metrics: /metrics), "
+              f"{len(backends)} ComfyUI backend(s): {', '.join(urls)}"
+              + (" (starting)" if supervisors else ""), flush=True)
+        await workers.run(stop=stop)  # until a signal; the shots it holds then go back to the queue
     return 0
 
+
+def _webhook_secret(token: str) -> bytes:
+    return (os.environ.get("SHOTLINE_WEBHOOK_SECRET") or token).encode()
+
+
+# --- status ----------------------------------------------------------------------------------------------------
 
 async def status_command(args) -> int:
     settings = load_settings()
     async with open_database(settings) as pool:
-        queue = ShotQueue(pool)
+        store = ShotStore(pool)
         if args.batch:
-            batch = await queue.batch(args.batch)
+            batch = await store.batch(args.batch)
             if batch is None:
                 print(f"error: no batch {args.batch}", file=sys.stderr)
                 return 1
             print(f"batch {batch['id']} ({batch['source']}): {batch['done']}/{batch['total']} done, "
                   + ", ".join(f"{k} {v}" for k, v in sorted(batch["counts"].items())))
-            print_summary(await queue.batch_shots(args.batch))
+            print_summary(await store.batch_shots(args.batch))
             return 0
-        async with pool.connection() as conn:
-            rows = await (await conn.execute(
-                "SELECT b.id, b.source, b.created_at, count(s.id), "
-                "  count(s.id) FILTER (WHERE s.status IN ('queued', 'running')) "
-                "FROM batches b LEFT JOIN shots s ON s.batch_id = b.id GROUP BY b.id "
-                "ORDER BY b.created_at DESC LIMIT 20")).fetchall()
+        rows = await store.recent_batches()
         for batch_id, source, created, total, open_shots in rows:
             print(f"{batch_id}  {created:%Y-%m-%d %H:%M}  {total - open_shots}/{total} done  {source}")
         if not rows:
             print("no batches yet")
     return 0
 
+
+# --- assemble --------------------------------------------------------------------------------------------------
 
 ASSEMBLY_FLAGS = {"crossfade_s": "--crossfade", "fps": "--fps", "size": "--size", "music": "--music",
                   "episode": "--episode", "episode.season": "--season", "episode.number": "--episode",
@@ -245,22 +285,22 @@ def assembly_flag(field: str | None) -> str | None:
     return ASSEMBLY_FLAGS.get(field)
 
 
-def assembly_request_data(args) -> dict:
-    """The API's JSON form of `shotline assemble`'s flags, so both are checked by one parser."""
+def assembly_request_data(args, music_ref: str | None = None) -> dict:
+    """The API's JSON form of `shotline assemble`'s flags, so both are checked by one model."""
     data = {"crossfade_s": args.crossfade}
     for name in ("fps", "size"):
         if getattr(args, name) is not None:
             data[name] = getattr(args, name)
     if args.scene:
         data["scenes"] = args.scene
-    if args.music is not None:
-        data["music"] = str(args.music)
+    if music_ref is not None:
+        data["music"] = music_ref
     if args.episode is not None:
         data["episode"] = {"season": 1 if args.season is None else args.season, "number": args.episode}
         if args.title is not None:
             data["episode"]["title"] = args.title
     elif args.title is not None or args.season is not None:
-        raise AssemblyError("--season and --title describe an episode: give its number with --episode N", "episode")
+        raise AssemblyError("episode", "--season and --title describe an episode: give its number with --episode N")
     return data
 
 
@@ -271,11 +311,24 @@ def print_assemblies(records: list[dict]) -> None:
                   f"{record['width']}x{record['height']}@{record['fps']:g}", record["path"]] for record in records])
 
 
+def _music_bytes(path: Path) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise AssemblyError("music", f"cannot read {path}: {error.strerror}") from None
+    found = sniff(data)
+    if found is None or found.kind != "audio":
+        raise AssemblyError("music", f"{path} is not an audio file Shotline reads (WAV, FLAC, Ogg, MP3, M4A)")
+    return data
+
+
 async def assemble_command(args) -> int:
     """Cut a batch's approved shots into scene MP4s, and those into an episode when --episode is given."""
     try:
-        request = parse_assembly_request(assembly_request_data(args))
-    except AssemblyError as error:  # name the flag, not the API field
+        music = await asyncio.to_thread(_music_bytes, args.music) if args.music is not None else None
+        placeholder = "sha256:" + "0" * 64 if music else None  # the real reference once stored
+        validated(AssemblyRequest, assembly_request_data(args, placeholder))
+    except (AssemblyError, InputError) as error:  # name the flag, not the API field
         print(f"error: {assembly_flag(error.field) or error.field}: {error.message}", file=sys.stderr)
         return 2
     settings = load_settings()
@@ -295,14 +348,19 @@ async def assemble_command(args) -> int:
     try:
         async with open_database(settings) as pool, aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)) as session:
+            ref = (await UploadStore(pool).put(music, sniff(music)))["ref"] if music else None
+            request = validated(AssemblyRequest, assembly_request_data(args, ref))
             # the same job as the API's, recorded as claimed by this process and run here; one attempt: a
             # failure is reported now, not retried later by a service
             worker = f"{socket.gethostname()}:{os.getpid()}:cli:{uuid.uuid4().hex[:6]}"
-            job = await AssemblyJobs(pool).create(
-                args.batch, request, scenes_dir=(args.output or settings.assemblies_dir) / str(args.batch),
+            job = await AssemblyStore(pool).create_job(
+                args.batch, request.model_dump(mode="json", exclude_none=True),
+                scenes_dir=(args.output or settings.assemblies_dir) / str(args.batch),
                 library_dir=args.library or settings.library_dir, claimed_by=worker, max_attempts=1)
+            if job is None:
+                raise BatchNotFound(f"no batch {args.batch}")
             records = await run_assembly_job(pool, session, job, worker, progress=progress)
-    except AssemblyError as error:  # a flag the shots cannot take (2), or a file that cannot be read (1)
+    except (AssemblyError, InputError) as error:  # a flag the shots cannot take (2), or a file that cannot be read
         flag = assembly_flag(error.field)
         print(f"error: {flag + ': ' if flag else ''}{error.message}", file=sys.stderr)
         return 2 if flag else 1
@@ -316,37 +374,37 @@ async def assemble_command(args) -> int:
     return 0
 
 
-def character_library(settings: Settings, library: Path | None) -> Path:
-    if library:
-        return library
-    if not settings.comfyui_dir:
-        raise CharacterSheetError("library", "no ComfyUI configured: pass --library PATH or run install.py")
-    return settings.comfyui_dir / "models" / "shotline_characters"
-
+# --- characters ------------------------------------------------------------------------------------------------
 
 async def character_put_command(args) -> int:
     """Create or update a character in the library from a sheet and reference images, and record it."""
     settings = load_settings()
+    library = args.library or settings.character_library
     try:
-        data = yaml.safe_load(args.sheet.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise CharacterSheetError("sheet", f"cannot read {args.sheet}: {error}") from None
-    sheet = parse_sheet(data)
+        text = args.sheet.read_bytes()
+    except OSError as error:
+        raise CharacterSheetError("sheet", f"cannot read {args.sheet}: {error.strerror}") from None
+    try:
+        sheet = parse_sheet(parse_yaml(text, field="sheet"))
+    except InputError as error:
+        raise CharacterSheetError(error.field, error.message) from None
     references = {}
     for path in args.reference:
         try:
             references[path.name] = path.read_bytes()
         except OSError as error:
             raise CharacterSheetError(f"references.{path.name}", f"cannot read {path}: {error.strerror}") from None
-    character = write_character(character_library(settings, args.library), args.folder, sheet, references)
+    character = write_character(library, args.folder, sheet, references)
     async with open_database(settings) as pool:
-        character_id = await ShotStore(pool).put_character(character)
+        character_id = await CharacterStore(pool).put(character)
     print(f"character {character.name!r} ({character_id}) in {character.folder}: "
           f"{len(character.references)} reference image(s)")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+# --- the command line ------------------------------------------------------------------------------------------
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shotline", description="Render shot lists through ComfyUI.")
     commands = parser.add_subparsers(dest="command", required=True)
     render = commands.add_parser("render", help="render a shot list (YAML or JSON) and record it in PostgreSQL")
@@ -356,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("--token", help="the service's API token (default: SHOTLINE_TOKEN)")
     render.add_argument("--max-attempts", type=int, default=3, choices=range(1, 21), metavar="N",
                         help="attempts per shot, corrections included (1-20, default 3)")
-    serve = commands.add_parser("serve", help="the HTTP service plus a dispatcher over ComfyUI backends")
+    serve = commands.add_parser("serve", help="the HTTP service plus the workers over ComfyUI backends")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8288)
     serve.add_argument("--comfy", metavar="URL", action="append",
@@ -365,6 +423,11 @@ def main(argv: list[str] | None = None) -> int:
                        help="prompts kept queued per backend so it never idles (default 2)")
     serve.add_argument("--lease", type=float, default=30.0, metavar="SECONDS",
                        help="how long a claimed shot stays this process's without renewal (default 30)")
+    serve.add_argument("--db-connections", type=int, default=10, choices=range(2, 101), metavar="N",
+                       help="PostgreSQL connections this service uses at most, besides its one LISTEN connection "
+                            "(default 10; the workers and requests borrow them for milliseconds)")
+    serve.add_argument("--max-streams", type=int, default=256, metavar="N",
+                       help="open event streams allowed at once; past it a client gets 503 (default 256)")
     status = commands.add_parser("status", help="recent batches, or one batch's shots")
     status.add_argument("batch", nargs="?", type=uuid.UUID)
     assemble = commands.add_parser("assemble", help="cut a batch's approved shots into scene MP4s (and an episode)")
@@ -390,8 +453,13 @@ def main(argv: list[str] | None = None) -> int:
     put.add_argument("folder", help="folder name in the library, e.g. aiko")
     put.add_argument("--sheet", type=Path, required=True, help="character.yaml to use")
     put.add_argument("--reference", type=Path, action="append", default=[], help="a reference image (repeat)")
-    put.add_argument("--library", type=Path, help="library folder (default: ComfyUI's models/shotline_characters)")
-    args = parser.parse_args(argv)
+    put.add_argument("--library", type=Path, help="library folder (default: SHOTLINE_CHARACTER_LIBRARY, else "
+                                                  "ComfyUI's models/shotline_characters)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "character":
@@ -403,17 +471,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "assemble":
             return asyncio.run(assemble_command(args))
         if args.server:
-            load_shot_list(args.file)  # the same checks before anything is sent
-            return asyncio.run(render_on_server(args, args.file.read_text()))
+            read_shot_list(args.file)  # the same checks before anything is sent
+            return asyncio.run(render_on_server(args, args.file.read_bytes()))
         return asyncio.run(render_command(args))
-    except ShotListError as error:
-        print(f"error: {args.file}: {error}", file=sys.stderr)
+    except InputError as error:
+        where = f"{args.file}: " if getattr(args, "file", None) else ""
+        print(f"error: {where}{error}", file=sys.stderr)
         return 2
     except CharacterSheetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (PresetError, RenderError, ComfyStartError, ComfyUnavailable, EmbeddedPostgresError, ServiceError,
-            aiohttp.ClientError) as error:
+    except UNUSABLE + (ServiceError,) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

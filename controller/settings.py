@@ -1,9 +1,13 @@
-"""Where things are: the ComfyUI install.py set up, the state folder, the database.
+"""Where things are: the ComfyUI install.py set up, the state folder, the database, the character library.
 
 install.py records its choices in .shotline/install.json; environment variables override them:
-SHOTLINE_HOME (state folder), SHOTLINE_COMFYUI and SHOTLINE_COMFYUI_PYTHON (a ComfyUI and its Python),
-DATABASE_URL (a PostgreSQL to use instead of the embedded one), SHOTLINE_ASSEMBLIES (where scene MP4s go, in a
-folder per batch) and SHOTLINE_LIBRARY (the show folder episodes go to, as `Season NN/SxxEyy - Title.mp4`).
+- SHOTLINE_HOME: the state folder (default: .shotline/ in a source checkout, else ~/.shotline);
+- SHOTLINE_COMFYUI, SHOTLINE_COMFYUI_PYTHON: a ComfyUI and the Python that runs it;
+- DATABASE_URL: a PostgreSQL to use instead of the embedded one;
+- SHOTLINE_CHARACTER_LIBRARY: the character library (default: that ComfyUI's models/shotline_characters);
+- SHOTLINE_ASSEMBLIES: where scene MP4s go, in a folder per batch (default: <state>/assemblies);
+- SHOTLINE_LIBRARY: the show folder episodes go to, as `Season NN/SxxEyy - Title.mp4` (default: <state>/library).
+The ComfyUI a controller starts itself writes its outputs, inputs and temp files under <state>/comfyui/.
 """
 from __future__ import annotations
 
@@ -18,6 +22,11 @@ _CHECKOUT = Path(__file__).resolve().parent.parent
 PROJECT_ROOT = _CHECKOUT if (_CHECKOUT / "install.py").is_file() else None
 DEFAULT_STATE_DIR = (PROJECT_ROOT / ".shotline") if PROJECT_ROOT else Path.home() / ".shotline"
 RANDOM_CHECKPOINT_NAME = "shotline-random-sd15.safetensors"
+CHARACTER_FOLDER = "shotline_characters"   # the model folder the pack registers
+
+
+class SettingsError(RuntimeError):
+    """A setting that is missing for what was asked; the message says what to set."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,7 @@ class Settings:
     database_url: str | None
     assemblies_root: Path | None = None   # default: state_dir/assemblies
     library_root: Path | None = None      # default: state_dir/library
+    character_library_root: Path | None = None  # default: comfyui_dir/models/shotline_characters
 
     @property
     def postgres_data_dir(self) -> Path:
@@ -42,15 +52,29 @@ class Settings:
     def library_dir(self) -> Path:
         return self.library_root or self.state_dir / "library"
 
+    @property
+    def comfyui_state_dir(self) -> Path:
+        """Outputs, inputs, temp and user files of a ComfyUI this controller starts."""
+        return self.state_dir / "comfyui"
+
+    @property
+    def character_library(self) -> Path:
+        if self.character_library_root:
+            return self.character_library_root
+        if not self.comfyui_dir:
+            raise SettingsError("no character library: set SHOTLINE_CHARACTER_LIBRARY (or pass --library), or run "
+                                "install.py")
+        return self.comfyui_dir / "models" / CHARACTER_FOLDER
+
 
 def load_settings() -> Settings:
-    state_dir = Path(os.environ.get("SHOTLINE_HOME", DEFAULT_STATE_DIR)).resolve()
+    state_dir = Path(os.environ.get("SHOTLINE_HOME", DEFAULT_STATE_DIR)).expanduser().resolve()
     state_file = state_dir / "install.json"
     recorded = json.loads(state_file.read_text()) if state_file.exists() else {}
 
     def path(env: str, key: str) -> Path | None:
         value = os.environ.get(env) or recorded.get(key)
-        return Path(value) if value else None
+        return Path(value).expanduser() if value else None
 
     return Settings(
         state_dir=state_dir,
@@ -60,4 +84,5 @@ def load_settings() -> Settings:
         database_url=os.environ.get("DATABASE_URL") or None,
         assemblies_root=path("SHOTLINE_ASSEMBLIES", "assemblies"),
         library_root=path("SHOTLINE_LIBRARY", "library"),
+        character_library_root=path("SHOTLINE_CHARACTER_LIBRARY", "character_library"),
     )

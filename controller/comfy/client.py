@@ -4,6 +4,8 @@ The websocket only tells us *when* to look: every result is read from /history. 
 silent, every pending prompt is reconciled against /history and /queue; a prompt the server no longer knows
 (it restarted and lost its in-memory history) fails with PromptLost, so the caller can queue it again.
 Our prompt_id (a UUID we choose) is the idempotency key: a prompt is never submitted twice under one id.
+A backend that is down is retried for ever with backoff: `connected` is False meanwhile and callers wait on
+`wait_connected()`.
 """
 from __future__ import annotations
 
@@ -17,6 +19,10 @@ import aiohttp
 
 log = logging.getLogger("shotline.comfy")
 
+# ComfyUI sends `json.dumps({"type": ..., "data": ...})`: the type can be read off the start of the text.
+_IGNORED_PREFIX = '{"type": "'
+_WANTED_PREFIXES = ('{"type": "executing"', '{"type": "status"')
+
 
 class ComfyUnavailable(RuntimeError):
     """The server cannot be reached or answered with something other than ComfyUI's API."""
@@ -24,6 +30,20 @@ class ComfyUnavailable(RuntimeError):
 
 class PromptLost(RuntimeError):
     """The server no longer knows a prompt it accepted (it restarted): run it again under a new prompt_id."""
+
+
+class PromptCancelled(RuntimeError):
+    """We interrupted the prompt (`ComfyBackend.interrupt`) before it finished.
+
+    `result` is its /history entry when it was stopped while running (status "error", the
+    `execution_interrupted` message as `error`, the outputs made so far); None when it was taken off the queue
+    before it started (ComfyUI keeps no history for those).
+    """
+
+    def __init__(self, prompt_id: str, result: PromptResult | None = None):
+        self.prompt_id, self.result = prompt_id, result
+        where = f"while running node {result.error.get('node_id')}" if result and result.error else "while queued"
+        super().__init__(f"prompt {prompt_id} was interrupted {where}")
 
 
 class PromptRejected(ValueError):
@@ -76,8 +96,12 @@ class ComfyBackend:
         self.queue_remaining: int | None = None
         self.loaded_checkpoint: str | None = None  # the last checkpoint a prompt of ours used here
         self._pending: dict[str, asyncio.Future] = {}
+        self._interrupted: set[str] = set()  # prompts of ours interrupt() stopped, still pending
+        self._tasks: set[asyncio.Task] = set()  # reconciliations in flight, held so they are not collected
         self._watcher: asyncio.Task | None = None
+        self._connected_event = asyncio.Event()
         self._connected_once = asyncio.Event()
+        self._reachable: bool | None = None  # what we last logged: None before the first try
 
     # --- plain HTTP ---------------------------------------------------------------------------------------
 
@@ -86,7 +110,7 @@ class ComfyBackend:
             async with self.session.get(self.base_url + path) as response:
                 response.raise_for_status()
                 return await response.json()
-        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as error:
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as error:
             raise ComfyUnavailable(f"GET {self.base_url}{path} failed: {error}") from error
 
     async def system_stats(self) -> dict:
@@ -102,6 +126,13 @@ class ComfyBackend:
         queue = await self._get("/queue")
         return {item[1] for item in queue.get("queue_running", []) + queue.get("queue_pending", [])}
 
+    async def _post(self, path: str, body: dict) -> None:
+        try:
+            async with self.session.post(self.base_url + path, json=body) as response:
+                response.raise_for_status()
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as error:
+            raise ComfyUnavailable(f"POST {self.base_url}{path} failed: {error}") from error
+
     async def upload_image(self, name: str, data: bytes, subfolder: str = "shotline") -> str:
         """Put an input image on this server; returns the name LoadImage takes (subfolder/name)."""
         form = aiohttp.FormData()
@@ -112,26 +143,47 @@ class ComfyBackend:
             async with self.session.post(self.base_url + "/upload/image", data=form) as response:
                 response.raise_for_status()
                 body = await response.json()
-        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as error:
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as error:
             raise ComfyUnavailable(f"upload to {self.base_url} failed: {error}") from error
         return f"{body['subfolder']}/{body['name']}" if body.get("subfolder") else body["name"]
 
     # --- prompts ------------------------------------------------------------------------------------------
 
-    async def start(self, timeout: float = 10.0) -> None:
+    async def start(self, timeout: float = 10.0, wait: bool = True) -> None:
+        """Start the websocket watcher.
+
+        With `wait` (what `shotline render` wants) a server that is not there raises ComfyUnavailable at once, and
+        one whose websocket does not open within `timeout` seconds raises it then. With `wait=False` (the service)
+        this returns at once: the watcher keeps trying with backoff, `connected` stays False until it gets
+        through, and `wait_connected()` lets a caller wait for that.
+        """
         if self._watcher is None:
-            await self.system_stats()  # a server that is not there fails now, not after the timeout
+            if wait:
+                await self.system_stats()  # a server that is not there fails now, not after the timeout
             self._watcher = asyncio.create_task(self._watch(), name=f"watch {self.base_url}")
+            self._watcher.add_done_callback(self._log_failure)
+        if not wait:
+            return
         try:
             await asyncio.wait_for(self._connected_once.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ComfyUnavailable(f"no websocket to {self.base_url} within {timeout:.0f} s") from None
 
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        """Wait until the websocket is open (at most `timeout` seconds); True when it is."""
+        try:
+            await asyncio.wait_for(self._connected_event.wait(), timeout)
+        except TimeoutError:
+            pass
+        return self.connected
+
     async def close(self) -> None:
-        if self._watcher:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
-            self._watcher = None
+        tasks = [task for task in (self._watcher, *self._tasks) if task]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._watcher = None
+        self._set_connected(False)
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ComfyUnavailable(f"connection to {self.base_url} closed"))
@@ -146,7 +198,7 @@ class ComfyBackend:
                     self._pending.pop(prompt_id, None)
                     raise PromptRejected(await response.json())
                 response.raise_for_status()
-        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as error:
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as error:
             self._pending.pop(prompt_id, None)
             raise ComfyUnavailable(f"POST {self.base_url}/prompt failed: {error}") from error
 
@@ -154,14 +206,38 @@ class ComfyBackend:
         """Wait for a prompt queued earlier (by us or a controller that died): it is reconciled at once."""
         if prompt_id not in self._pending:
             self._pending[prompt_id] = asyncio.get_running_loop().create_future()
-            asyncio.create_task(self._reconcile(prompt_id))
+            self._spawn(self._reconcile(prompt_id), f"reconcile {prompt_id}")
 
     async def wait(self, prompt_id: str) -> PromptResult:
+        """The prompt's result once it has finished (success or error, as /history says).
+
+        Raises PromptLost when the server no longer knows the prompt, and PromptCancelled when interrupt()
+        stopped it first. A prompt that finished before the interrupt reached the server returns its result.
+        """
         future = self._pending[prompt_id]
         try:
             return await future
         finally:
             self._pending.pop(prompt_id, None)
+            self._interrupted.discard(prompt_id)
+
+    async def interrupt(self, prompt_id: str) -> None:
+        """Stop our prompt `prompt_id` wherever it is on this server; nobody else's prompt is touched.
+
+        A pending prompt is deleted from the queue, a running one gets ComfyUI's targeted interrupt (ComfyUI
+        checks that this prompt is the one running; the one remaining race is ComfyUI's own: if the prompt ends
+        in the instant between that check and the interrupt flag being set, the flag can stop the next prompt).
+        Both requests are sent, delete first, so a prompt that starts in between is still caught. Its wait()
+        then raises PromptCancelled. Raises ComfyUnavailable when the server cannot be reached.
+        """
+        if not prompt_id:
+            raise ValueError("interrupt needs a prompt_id: ComfyUI would interrupt whatever runs")
+        if prompt_id in self._pending:
+            self._interrupted.add(prompt_id)
+        await self._post("/queue", {"delete": [prompt_id]})
+        await self._post("/interrupt", {"prompt_id": prompt_id})
+        # a deleted prompt sends no more events: settle it now (a running one settles on its last event)
+        self._spawn(self._reconcile(prompt_id), f"reconcile {prompt_id}")
 
     async def run(self, graph: dict, prompt_id: str | None = None) -> PromptResult:
         prompt_id = prompt_id or str(uuid.uuid4())
@@ -171,34 +247,79 @@ class ComfyBackend:
 
     # --- the watcher --------------------------------------------------------------------------------------
 
+    def _spawn(self, coroutine, name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._log_failure)
+
+    def _log_failure(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s on %s failed", task.get_name(), self.base_url, exc_info=task.exception())
+
+    def _set_connected(self, connected: bool) -> None:
+        self.connected = connected
+        if connected:
+            self._connected_event.set()
+            self._connected_once.set()
+        else:
+            self._connected_event.clear()
+
+    def _report(self, reachable: bool, error: BaseException | None = None) -> None:
+        """Log the transitions only: not every retry."""
+        if reachable == self._reachable:
+            return
+        if reachable:
+            log.info("ComfyUI at %s %s", self.base_url, "is back" if self._connected_once.is_set() else "connected")
+        elif self._reachable:
+            log.warning("ComfyUI at %s became unreachable (%s); retrying", self.base_url, error)
+        else:
+            log.warning("ComfyUI at %s is not reachable (%s); retrying", self.base_url, error)
+        self._reachable = reachable
+
     async def _watch(self) -> None:
         delay = 0.2
         while True:
+            error: BaseException | None = None
             try:
                 async with self.session.ws_connect(f"{self.base_url}/ws?clientId={self.client_id}",
                                                    heartbeat=20) as websocket:
-                    self.connected, delay = True, 0.2
-                    self._connected_once.set()
+                    self._report(True)
+                    self._set_connected(True)
+                    delay = 0.2
                     await self._reconcile_all()  # whatever finished while we were away
-                    while True:
-                        try:
-                            message = await websocket.receive(timeout=self.silence_seconds)
-                        except asyncio.TimeoutError:
-                            await self._reconcile_all()
-                            continue
-                        if message.type != aiohttp.WSMsgType.TEXT:
-                            if message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING,
-                                                aiohttp.WSMsgType.ERROR):
-                                break
-                            continue
-                        self._on_event(message.json())
+                    await self._read(websocket)
+                error = ConnectionError("websocket closed")
             except asyncio.CancelledError:
                 raise
-            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, ComfyUnavailable) as error:
-                log.debug("websocket to %s: %s", self.base_url, error)
-            self.connected = False
+            except (TimeoutError, aiohttp.ClientError, ConnectionError, ComfyUnavailable) as failure:
+                error = failure
+                log.debug("websocket to %s: %s", self.base_url, failure)
+            except Exception as failure:  # a bug must not end the watcher: every prompt here would hang
+                error = failure
+                log.exception("watching %s failed", self.base_url)
+            self._set_connected(False)
+            self._report(False, error)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    async def _read(self, websocket: aiohttp.ClientWebSocketResponse) -> None:
+        while True:
+            try:
+                message = await websocket.receive(timeout=self.silence_seconds)
+            except TimeoutError:
+                await self._reconcile_all()
+                continue
+            if message.type == aiohttp.WSMsgType.TEXT:
+                # Most messages (progress, progress_state, executed, execution_cached...) need nothing from us:
+                # skip them on ComfyUI's `json.dumps` prefix before parsing.
+                if message.data.startswith(_IGNORED_PREFIX) and not message.data.startswith(_WANTED_PREFIXES):
+                    self.last_event = time.monotonic()
+                    continue
+                self._on_event(message.json())
+            elif message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR):
+                return
+            # binary frames are previews: ignored
 
     def _on_event(self, event: dict) -> None:
         self.last_event = time.monotonic()
@@ -206,20 +327,19 @@ class ComfyBackend:
         if kind == "status":
             self.queue_remaining = data.get("status", {}).get("exec_info", {}).get("queue_remaining")
             return
-        prompt_id = data.get("prompt_id")
-        if prompt_id not in self._pending:
-            return
-        # ComfyUI writes the history entry and then sends `executing` with no node, for success and error alike;
-        # `execution_success` comes earlier, before the entry exists, so reading /history then would be wasted.
-        if kind == "executing" and data.get("node") is None:
-            asyncio.create_task(self._reconcile(prompt_id))
+        # ComfyUI writes the history entry and then sends `executing` with no node, for success, error and
+        # interruption alike; `execution_success` comes earlier, before the entry exists, so reading /history
+        # then would be wasted.
+        if kind == "executing" and data.get("node") is None and data.get("prompt_id") in self._pending:
+            self._spawn(self._reconcile(data["prompt_id"]), f"reconcile {data['prompt_id']}")
 
     async def _reconcile_all(self) -> None:
         for prompt_id in [p for p, f in self._pending.items() if not f.done()]:
             await self._reconcile(prompt_id)
 
     async def _reconcile(self, prompt_id: str) -> None:
-        """Settle a pending prompt from /history; fail it as lost if the server knows it nowhere."""
+        """Settle a pending prompt from /history; fail it as lost (or cancelled, when we deleted it from the
+        queue) if the server knows it nowhere."""
         future = self._pending.get(prompt_id)
         if future is None or future.done():
             return
@@ -230,10 +350,19 @@ class ComfyBackend:
                 entry = await self.history(prompt_id)
                 if entry is None:
                     if not future.done():
-                        future.set_exception(PromptLost(f"{self.base_url} no longer knows prompt {prompt_id} "
+                        future.set_exception(PromptCancelled(prompt_id) if prompt_id in self._interrupted else
+                                             PromptLost(f"{self.base_url} no longer knows prompt {prompt_id} "
                                                         "(restarted?)"))
                     return
         except ComfyUnavailable:
             return  # the watcher retries when the server is back
         if entry is not None and entry.get("status", {}).get("completed") is not None and not future.done():
-            future.set_result(history_result(prompt_id, entry))
+            result = history_result(prompt_id, entry)
+            if prompt_id in self._interrupted and _was_interrupted(entry):
+                future.set_exception(PromptCancelled(prompt_id, result))
+            else:
+                future.set_result(result)
+
+
+def _was_interrupted(entry: dict) -> bool:
+    return any(kind == "execution_interrupted" for kind, _ in entry.get("status", {}).get("messages", []))

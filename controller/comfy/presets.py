@@ -23,10 +23,11 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from importlib import resources
 from pathlib import Path
 
-from shotline_controller.shot_list import PRESET_NAME_PATTERN, Shot
+from shotline_controller.contract import PRESET_PATTERN, Shot
 
 WORKFLOWS_DIR = Path(str(resources.files("shotline_controller.presets")))  # workflows/, shipped as package data
 
@@ -56,7 +57,7 @@ class PresetError(ValueError):
 
 
 def preset_path(name: str, api: bool = True) -> Path:
-    if not PRESET_NAME_PATTERN.match(name):
+    if not re.fullmatch(PRESET_PATTERN[1:-1], name):
         raise PresetError(f"invalid preset name {name!r}")
     candidates = [folder / ("api" if api else "") / f"{name}.json" for folder in preset_dirs()]
     return next((path for path in candidates if path.exists()), candidates[-1])
@@ -68,9 +69,13 @@ def find_preset(name: str) -> Path:
         path = preset_path(name, api)
         if path.exists():
             return path
-    available = sorted({p.stem for folder in preset_dirs() for p in [*folder.glob("*.json"), *folder.glob("api/*.json")]})
-    raise PresetError(f"no preset {name!r} in {', '.join(str(f) for f in preset_dirs())} "
-                      f"(available: {', '.join(available)})")
+    raise PresetError(f"no preset {name!r} (available: {', '.join(available_presets())})")
+
+
+def available_presets() -> list[str]:
+    """The preset names shots may use (no server paths: this text reaches API clients)."""
+    return sorted({path.stem for folder in preset_dirs() for path in [*folder.glob("*.json"), *folder.glob("api/*.json")]
+                   if re.fullmatch(PRESET_PATTERN[1:-1], path.stem)})
 
 
 def load_preset(name: str, object_info: dict | None = None) -> dict:
@@ -80,7 +85,7 @@ def load_preset(name: str, object_info: dict | None = None) -> dict:
     try:
         graph = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise PresetError(f"preset {name!r}: {path} is not valid JSON: {error}") from None
+        raise PresetError(f"preset {name!r}: {path.name} is not valid JSON: {error}") from None
     if isinstance(graph, dict) and isinstance(graph.get("nodes"), list):
         if object_info is None:
             return {node["id"]: {"_meta": {"title": node.get("title")}} for node in graph["nodes"]}  # titles only
@@ -88,7 +93,7 @@ def load_preset(name: str, object_info: dict | None = None) -> dict:
         try:
             graph = convert_ui_to_api(graph, object_info)
         except WorkflowConversionError as error:
-            raise PresetError(f"preset {name!r}: cannot convert {path} to API format: {error}") from None
+            raise PresetError(f"preset {name!r}: cannot convert {path.name} to API format: {error}") from None
     titles = {node.get("_meta", {}).get("title") for node in graph.values()}
     missing = [title for title in REQUIRED_TITLES if title not in titles]
     if missing:

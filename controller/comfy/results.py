@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 from shotline_controller.settings import RANDOM_CHECKPOINT_NAME
-from shotline_controller.shot_list import Shot
+from shotline_controller.contract import Shot
 
 VERDICT_UI_KEY = "shotline_verdict"  # what our check nodes put in their ui output
 

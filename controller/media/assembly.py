@@ -59,7 +59,7 @@ WRITE_BATCH = 8                        # frames handed to the encoder at once
 class AssemblyError(ValueError):
     """Clips that cannot be assembled as asked; `field` names the request value at fault, when one is."""
 
-    def __init__(self, message: str, field: str | None = None):
+    def __init__(self, field: str | None, message: str):  # the order of contract.InputError's arguments
         super().__init__(f"{field}: {message}" if field else message)
         self.message = message
         self.field = field
@@ -114,7 +114,7 @@ def sanitise_title(title) -> str:
     """A title safe as part of a file name on Windows, macOS and Linux: forbidden characters dropped (a colon
     becomes " - "), spaces collapsed, no leading or trailing dots or spaces, at most 180 bytes of UTF-8."""
     if not isinstance(title, str):
-        raise AssemblyError(f"must be a text, got {title!r}", "episode.title")
+        raise AssemblyError("episode.title", f"must be a text, got {title!r}")
     text = unicodedata.normalize("NFC", title)
     text = re.sub(r"\s*:\s*", " - ", text)
     text = FORBIDDEN_IN_NAMES.sub(" ", text)
@@ -123,13 +123,13 @@ def sanitise_title(title) -> str:
         text = text[:-1]
     text = text.rstrip(" .")
     if not text:
-        raise AssemblyError(f"must have letters or digits a file name can hold, got {title!r}", "episode.title")
+        raise AssemblyError("episode.title", f"must have letters or digits a file name can hold, got {title!r}")
     return text
 
 
 def _episode_number(value, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 99:
-        raise AssemblyError(f"must be a whole number from 1 to 99, got {value!r}", field)
+        raise AssemblyError(field, f"must be a whole number from 1 to 99, got {value!r}")
     return value
 
 
@@ -153,12 +153,12 @@ def _probe(source: ClipSource) -> _Clip:
     path = Path(source.path)
     is_video = is_video_file(path)
     if not is_video and path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise AssemblyError(f"{source.label}: {path.name} is neither a video ({', '.join(VIDEO_SUFFIXES)}) nor an "
+        raise AssemblyError(None, f"{source.label}: {path.name} is neither a video ({', '.join(VIDEO_SUFFIXES)}) nor an "
                             f"image ({', '.join(sorted(IMAGE_SUFFIXES))})")
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise AssemblyError(f"{source.label}: {path.name} has no picture")
+                raise AssemblyError(None, f"{source.label}: {path.name} has no picture")
             stream = container.streams.video[0]
             width, height = stream.codec_context.width, stream.codec_context.height
             if not is_video:
@@ -170,9 +170,9 @@ def _probe(source: ClipSource) -> _Clip:
             elif container.duration is not None:
                 duration = container.duration / av.time_base
             else:
-                raise AssemblyError(f"{source.label}: {path.name} does not say how long it is")
+                raise AssemblyError(None, f"{source.label}: {path.name} does not say how long it is")
     except av.error.FFmpegError as error:
-        raise AssemblyError(f"{source.label}: cannot read {path.name}: {error}") from None
+        raise AssemblyError(None, f"{source.label}: cannot read {path.name}: {error}") from None
     return _Clip(source, True, width, height, fps, has_audio, duration)
 
 
@@ -227,13 +227,13 @@ def _frames(clip: _Clip, target: tuple[int, int], fps: float) -> Iterator[np.nda
                     return
                 current, converted = frame, None
             if current is None:
-                raise AssemblyError(f"{label}: no picture could be decoded from {path.name}")
+                raise AssemblyError(None, f"{label}: no picture could be decoded from {path.name}")
             converted = _to_rgb(current, target)
             while emitted < clip.frame_count:
                 yield converted
                 emitted += 1
     except av.error.FFmpegError as error:
-        raise AssemblyError(f"{label}: cannot decode {path.name}: {error}") from None
+        raise AssemblyError(None, f"{label}: cannot decode {path.name}: {error}") from None
 
 
 def decode_audio(path, label: str, max_samples: int | None = None, field: str | None = None) -> np.ndarray | None:
@@ -243,7 +243,7 @@ def decode_audio(path, label: str, max_samples: int | None = None, field: str | 
     try:
         audio, _ = read_audio(path, rate=SAMPLE_RATE, max_samples=max_samples)
     except av.error.FFmpegError as error:
-        raise AssemblyError(f"{label}: cannot decode the audio of {path.name}: {error}", field) from None
+        raise AssemblyError(field, f"{label}: cannot decode the audio of {path.name}: {error}") from None
     return None if audio is None else match_channels(audio, CHANNELS).astype(np.float32, copy=False)
 
 
@@ -274,9 +274,9 @@ def _plan(clips: list[_Clip], fps: float, crossfade_s: float) -> tuple[int, list
         sides = (index > 0) + (index < len(clips) - 1)
         if overlap and clip.frame_count < sides * overlap:
             raise AssemblyError(
-                f"{crossfade_s:g} s is too long for {clip.source.label}, which lasts {clip.frame_count / fps:.2f} s: "
+                "crossfade_s", f"{crossfade_s:g} s is too long for {clip.source.label}, which lasts {clip.frame_count / fps:.2f} s: "
                 f"a crossfade on {'both sides' if sides == 2 else 'one side'} needs at least "
-                f"{sides * overlap / fps:.2f} s", "crossfade_s")
+                f"{sides * overlap / fps:.2f} s")
     starts = [0]
     for clip in clips[:-1]:
         starts.append(starts[-1] + clip.frame_count - overlap)
@@ -309,7 +309,7 @@ def _with_music(dialogue: np.ndarray, music_path: Path) -> np.ndarray:
     length = dialogue.shape[1]
     music = decode_audio(music_path, "music", length, field="music")
     if music is None:
-        raise AssemblyError(f"{Path(music_path).name} has no audio stream", "music")
+        raise AssemblyError("music", f"{Path(music_path).name} has no audio stream")
     music = loop_to_length(music, length, SAMPLE_RATE)  # shorter music loops, as mix_dialogue_over_music does
     fade = min(length, round(MUSIC_FADE_OUT_S * SAMPLE_RATE))
     if fade:
@@ -332,18 +332,17 @@ def write_jpeg(path: Path, picture: np.ndarray) -> None:
 
 def _check_options(clips, crossfade_s, fps, size, music) -> None:
     if not clips:
-        raise AssemblyError("nothing to assemble: no clips")
+        raise AssemblyError(None, "nothing to assemble: no clips")
     if isinstance(crossfade_s, bool) or not isinstance(crossfade_s, (int, float)) \
             or not 0 <= crossfade_s <= MAX_CROSSFADE_S:
-        raise AssemblyError(f"must be a number of seconds from 0 to {MAX_CROSSFADE_S:g}, got {crossfade_s!r}",
-                            "crossfade_s")
+        raise AssemblyError("crossfade_s", f"must be a number of seconds from 0 to {MAX_CROSSFADE_S:g}, got {crossfade_s!r}")
     if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float))
                             or not MIN_FPS <= fps <= MAX_FPS):
-        raise AssemblyError(f"must be a frame rate from {MIN_FPS:g} to {MAX_FPS:g}, got {fps!r}", "fps")
+        raise AssemblyError("fps", f"must be a frame rate from {MIN_FPS:g} to {MAX_FPS:g}, got {fps!r}")
     if size is not None:
         parse_size(size)
     if music is not None and not Path(music).is_file():
-        raise AssemblyError(f"no such file: {music}", "music")
+        raise AssemblyError("music", f"no such file: {Path(music).name}")
 
 
 def parse_size(value) -> tuple[int, int]:
@@ -351,17 +350,17 @@ def parse_size(value) -> tuple[int, int]:
     if isinstance(value, str):
         match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", value)
         if not match:
-            raise AssemblyError(f"must look like 1280x720, got {value!r}", "size")
+            raise AssemblyError("size", f"must look like 1280x720, got {value!r}")
         width, height = int(match[1]), int(match[2])
     elif isinstance(value, (list, tuple)) and len(value) == 2 \
             and all(isinstance(side, int) and not isinstance(side, bool) for side in value):
         width, height = value
     else:
-        raise AssemblyError(f"must be WxH, like 1280x720, got {value!r}", "size")
+        raise AssemblyError("size", f"must be WxH, like 1280x720, got {value!r}")
     for side in (width, height):
         if not MIN_SIDE <= side <= MAX_SIDE or side % 2:
-            raise AssemblyError(f"sides must be even numbers from {MIN_SIDE} to {MAX_SIDE} (H.264 4:2:0), "
-                                f"got {width}x{height}", "size")
+            raise AssemblyError("size", f"sides must be even numbers from {MIN_SIDE} to {MAX_SIDE} (H.264 4:2:0), "
+                                f"got {width}x{height}")
     return width, height
 
 
@@ -375,13 +374,13 @@ def assemble(clips: Sequence[ClipSource], output: Path, *, crossfade_s: float = 
     probed = [_probe(clip) for clip in clips]
     for clip in probed:
         if not clip.is_video and (clip.source.duration is None or not clip.source.duration > 0):
-            raise AssemblyError(f"{clip.source.label}: a still needs a duration in seconds, "
+            raise AssemblyError(None, f"{clip.source.label}: a still needs a duration in seconds, "
                                 f"got {clip.source.duration!r}")
     rate = frame_rate(fps if fps is not None else next((c.fps for c in probed if c.is_video and c.fps), DEFAULT_FPS))
     fps_value = float(rate)
     target = parse_size(size) if size is not None else (probed[0].width // 2 * 2, probed[0].height // 2 * 2)
     if min(target) < 2:
-        raise AssemblyError(f"{probed[0].source.label}: a {probed[0].width}x{probed[0].height} picture is too small")
+        raise AssemblyError(None, f"{probed[0].source.label}: a {probed[0].width}x{probed[0].height} picture is too small")
     overlap, starts = _plan(probed, fps_value, float(crossfade_s))
     total = starts[-1] + probed[-1].frame_count
 

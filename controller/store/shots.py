@@ -1,23 +1,51 @@
-"""PostgreSQL as the durable job queue shared by any number of controller processes.
+"""Batches, shots and attempts in PostgreSQL: every change of a shot's status happens in this file.
 
-A shot moves queued -> running -> approved / needs_review / rejected / failed, or cancelled. A controller claims
-queued shots with `FOR UPDATE SKIP LOCKED` (two controllers never claim the same shot) and holds them under a
-lease it renews; when a controller dies its leases lapse and `requeue_expired` puts its shots back in the queue.
-The next claimant reconciles the shot's last attempt by its prompt_id before running anything, so a prompt that
-was already queued on ComfyUI is followed, not run twice.
+    submit_batch    -> queued                                 (NOTIFY queued <batch>)
+    claim           queued -> running, and its next attempt   (a lease, FOR UPDATE SKIP LOCKED; store/leases.py)
+    finish_attempt  running -> approved | needs_review | rejected | failed, or queued again with a correction
+    end_shot        running -> failed (attempts used up)
+    release / reclaim_lapsed   running -> queued (a controller stopping, or one that died)
+    cancel_shot / cancel_batch -> cancelled                   (NOTIFY cancelled <batch>: the prompt is interrupted)
+    retry_shot      final -> queued, one more attempt allowed
+    review_shot     needs_review -> approved | rejected
+
+Each transition is one statement (a claim also opens the attempt; a finish also writes the outputs, verdicts and
+per-character scores), which is what keeps the controller's own cost per shot small. Every transition NOTIFYs
+`<kind> <batch_id>` on EVENTS_CHANNEL, read by the event streams and the dispatchers (store/notifications.py).
 """
 from __future__ import annotations
 
 import uuid
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from shotline_controller.shot_list import Shot
+from shotline_controller.store.leases import LeaseQueue, LeaseTable
+from shotline_controller.store.status import (
+    EVENTS_CHANNEL,
+    FINAL_SHOT_STATUSES,
+    OPEN_ATTEMPT_STATUSES,
+    OPEN_SHOT_STATUSES,
+    RETRYABLE_SHOT_STATUSES,
+    AttemptStatus,
+    ShotStatus,
+    sql_in,
+)
 
-FINAL_STATUSES = ("approved", "needs_review", "rejected", "failed", "cancelled")
+SHOTS = LeaseTable("shots", order_by="priority DESC, created_at, position",
+                   on_claim=", updated_at = now()", on_lapse=", claimed_by = NULL, updated_at = now()")
+OPEN = sql_in(OPEN_SHOT_STATUSES)
+OPEN_ATTEMPT = sql_in(OPEN_ATTEMPT_STATUSES)
+FINAL = sql_in(FINAL_SHOT_STATUSES)
+LOST = AttemptStatus.LOST.value
+
+
+def _notify(kind: str, batch: str) -> str:
+    """SQL for a NOTIFY of `<kind> <batch id>`; `batch` is an SQL expression."""
+    return f"pg_notify('{EVENTS_CHANNEL}', '{kind} ' || ({batch})::text)"
 
 
 @dataclass
@@ -28,126 +56,274 @@ class ClaimedShot:
     workflow: str
     params: dict                     # the shot as submitted, with the latest correction applied
     correction: dict | None          # what the latest correction changed and why (None on the first try)
-    attempts: int                    # attempts recorded so far (lost ones excluded)
+    attempts: int                    # attempts recorded so far (lost ones excluded), this one not counted
     max_attempts: int
-    last_attempt: dict | None        # {id, prompt_id, backend, status} of the latest attempt
+    last_attempt: dict | None        # {id, prompt_id, backend, status} of the latest attempt before this claim
+    attempt_id: uuid.UUID | None     # the attempt this claim opened (None: reconcile the last one, or no attempts
+    prompt_id: uuid.UUID | None      #   left), and the prompt_id it will be queued under on ComfyUI
 
 
-class ShotQueue:
+# --- claims: one statement takes the next shot and opens its attempt --------------------------------------------
+
+_CLAIMED_COLUMNS = ("x.id, x.batch_id, x.shot_key, x.workflow, x.params, x.next_params, x.next_correction, "
+                    "x.max_attempts")
+_CLAIM_REST = f"""
+, history AS (
+    SELECT count(*) FILTER (WHERE a.status <> '{LOST}') AS attempts, max(a.attempt_no) AS last_no
+    FROM attempts a JOIN claimed c ON a.shot_id = c.id),
+last AS (
+    SELECT a.id, a.prompt_id, a.backend, a.status FROM attempts a JOIN claimed c ON a.shot_id = c.id
+    ORDER BY a.attempt_no DESC LIMIT 1),
+fresh AS (
+    INSERT INTO attempts (shot_id, attempt_no, prompt_id, backend, status, inputs, correction, started_at)
+    SELECT c.id, coalesce(h.last_no, 0) + 1, gen_random_uuid(), %(backend)s, '{AttemptStatus.RUNNING}', '{{}}',
+           c.next_correction, now()
+    FROM claimed c, history h
+    WHERE h.attempts < c.max_attempts AND NOT EXISTS (SELECT 1 FROM last WHERE last.status IN {OPEN_ATTEMPT})
+    RETURNING id, prompt_id),
+note AS (SELECT {_notify('changed', 'c.batch_id')} FROM claimed c)
+SELECT c.*, h.attempts, (SELECT row_to_json(last) FROM last) AS last_attempt, f.id AS attempt_id, f.prompt_id,
+       (SELECT count(*) FROM note) AS notified
+FROM claimed c CROSS JOIN history h LEFT JOIN fresh f ON true
+"""
+
+
+def _claim_sql(queue: LeaseQueue, prefer_checkpoint: bool) -> str:
+    if not prefer_checkpoint:
+        return "WITH " + queue.claim_ctes(_CLAIMED_COLUMNS) + _CLAIM_REST
+    # the checkpoint the backend has loaded first, so a GPU does not swap models between shots; either part walks
+    # an index in queue order (shots_queued_checkpoint_idx, shots_queued_idx), and `other` only runs when
+    # `preferred` found nothing
+    order, queued = queue.table.order_by, ShotStatus.QUEUED.value
+    preferred = (f"preferred AS (SELECT id FROM shots WHERE status = '{queued}' "
+                 f"  AND params->>'checkpoint' = %(checkpoint)s ORDER BY {order} FOR UPDATE SKIP LOCKED LIMIT 1), "
+                 f"other AS (SELECT id FROM shots WHERE status = '{queued}' AND NOT EXISTS (SELECT 1 FROM preferred) "
+                 f"  ORDER BY {order} FOR UPDATE SKIP LOCKED LIMIT 1), "
+                 "next AS (SELECT id FROM preferred UNION ALL SELECT id FROM other)")
+    return "WITH " + queue.claim_ctes(_CLAIMED_COLUMNS, preferred) + _CLAIM_REST
+
+
+# --- finishing: one statement closes the attempt, records what it made, and moves the shot ---------------------
+
+_FINISH = f"""
+WITH closed AS (
+    UPDATE attempts SET status = %(attempt_status)s, error = %(error)s, finished_at = now(),
+      inputs = coalesce(%(inputs)s, inputs)
+    WHERE id = %(attempt)s AND status IN {OPEN_ATTEMPT} RETURNING id, shot_id),
+outs AS (
+    INSERT INTO outputs (attempt_id, node_id, kind, filename, subfolder, folder_type)
+    SELECT c.id, o.node_id, o.kind, o.filename, o.subfolder, o.type
+    FROM closed c, jsonb_to_recordset(%(outputs)s) AS o(node_id text, kind text, filename text, subfolder text,
+                                                        type text)),
+verdict_rows AS (
+    INSERT INTO verdicts (attempt_id, node_id, check_name, score, passed, details)
+    SELECT c.id, v->>'node_id', v->>'check', (v->>'score')::float8, (v->>'passed')::boolean, v
+    FROM closed c, jsonb_array_elements(%(verdicts)s) AS v
+    RETURNING id, attempt_id, details),
+scores AS (
+    -- identity verdicts carry a result per character: rows of their own, for analytics
+    INSERT INTO character_scores (verdict_id, attempt_id, character_name, score, threshold, passed, details)
+    SELECT r.id, r.attempt_id, ch.key, (ch.value->>'score')::float8, (ch.value->>'threshold')::float8,
+           coalesce((ch.value->>'passed')::boolean, false), ch.value
+    FROM verdict_rows r, jsonb_each(CASE WHEN jsonb_typeof(r.details->'characters') = 'object'
+                                         THEN r.details->'characters' ELSE '{{}}' END) AS ch),
+moved AS (
+    UPDATE shots s SET status = %(shot_status)s, updated_at = now(),
+      next_params = CASE WHEN %(retry)s THEN %(next_params)s ELSE s.next_params END,
+      next_correction = CASE WHEN %(retry)s THEN %(next_correction)s ELSE s.next_correction END,
+      claimed_by = CASE WHEN %(release)s THEN NULL ELSE s.claimed_by END,
+      lease_until = CASE WHEN %(release)s THEN NULL ELSE s.lease_until END
+    FROM closed WHERE s.id = closed.shot_id AND s.status IN {OPEN} RETURNING s.batch_id),
+note AS (SELECT {_notify('changed', 'm.batch_id')} FROM moved m)
+SELECT (SELECT count(*) FROM closed) AS closed, (SELECT count(*) FROM note) AS notified
+"""
+
+
+class ShotStore:
     def __init__(self, pool: AsyncConnectionPool):
         self.pool = pool
+        self.leases = LeaseQueue(SHOTS)
+        self._claim = {False: _claim_sql(self.leases, False), True: _claim_sql(self.leases, True)}
 
-    # --- submitting ---------------------------------------------------------------------------------------
+    # --- submitting -----------------------------------------------------------------------------------------
 
-    async def submit_batch(self, shots: list[Shot], source: str, webhook_url: str | None = None,
-                           max_attempts: int = 3, priority: int = 0) -> tuple[uuid.UUID, list[uuid.UUID]]:
+    async def submit_batch(self, shots, source: str, webhook_url: str | None = None, max_attempts: int = 3,
+                           priority: int = 0) -> tuple[uuid.UUID, list[uuid.UUID]]:
+        """Queue `shots` (contract.Shot) as a new batch; returns its id and the shots' ids in list order."""
         async with self.pool.connection() as conn, conn.transaction():
             batch_id = (await (await conn.execute(
                 "INSERT INTO batches (source, webhook_url) VALUES (%s, %s) RETURNING id",
                 (source, webhook_url))).fetchone())[0]
-            shot_ids = []
-            async with conn.cursor() as cursor:
-                await cursor.executemany(
-                    "INSERT INTO shots (batch_id, shot_key, position, workflow, params, max_attempts, priority) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                    [(batch_id, shot.id, position, shot.workflow, Jsonb(shot.as_dict()), max_attempts, priority)
-                     for position, shot in enumerate(shots)], returning=True)
-                while True:
-                    shot_ids.append((await cursor.fetchone())[0])
-                    if not cursor.nextset():
-                        break
-            await conn.execute("SELECT pg_notify('shotline_events', %s)", (f"batch {batch_id} queued",))
+            cursor = await conn.execute(
+                "INSERT INTO shots (batch_id, shot_key, position, workflow, params, max_attempts, priority) "
+                "SELECT %s, s.params->>'id', s.position - 1, s.params->>'workflow', s.params, %s, %s "
+                "FROM jsonb_array_elements(%s) WITH ORDINALITY AS s(params, position) "
+                "ORDER BY s.position RETURNING id, position",
+                (batch_id, max_attempts, priority, Jsonb([shot.as_dict() for shot in shots])))
+            shot_ids = [row[0] for row in sorted(await cursor.fetchall(), key=lambda row: row[1])]
+            await conn.execute(f"SELECT {_notify('queued', '%s::uuid')}", (batch_id,))
         return batch_id, shot_ids
 
-    # --- claiming -----------------------------------------------------------------------------------------
+    # --- claiming and leases --------------------------------------------------------------------------------
 
-    async def claim(self, worker: str, lease_seconds: float, limit: int = 1,
-                    prefer_checkpoint: str | None = None) -> list[ClaimedShot]:
-        """Take up to `limit` queued shots, highest priority and oldest first; shots that name the checkpoint
-        the caller's backend has loaded come first, so a GPU does not swap models between shots."""
-        rows = []
-        if prefer_checkpoint:
-            rows = await self._claim(worker, lease_seconds, limit, "AND params->>'checkpoint' = %s",
-                                     (prefer_checkpoint,))
-        return rows or await self._claim(worker, lease_seconds, limit, "", ())
-
-    async def _claim(self, worker: str, lease_seconds: float, limit: int, condition: str,
-                     condition_params: tuple) -> list[ClaimedShot]:
-        # Both forms walk an index in queue order (shots_queued_idx, shots_queued_checkpoint_idx): a claim costs
-        # the same with ten thousand shots queued as with ten.
-        async with self.pool.connection() as conn, conn.transaction():
+    async def claim(self, worker: str, lease_seconds: float, backend: str,
+                    prefer_checkpoint: str | None = None) -> ClaimedShot | None:
+        """The next queued shot (highest priority, oldest first; the given checkpoint's first), now running under
+        this worker's lease, with its next attempt opened on `backend` unless the last one must be reconciled or
+        no attempt is left."""
+        params = {"limit": 1, "worker": worker, "lease": lease_seconds, "backend": backend,
+                  "checkpoint": prefer_checkpoint}
+        async with self.pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
-            await cursor.execute(
-                "WITH next AS ("
-                f"  SELECT id FROM shots WHERE status = 'queued' {condition}"
-                "  ORDER BY priority DESC, created_at, position"
-                "  FOR UPDATE SKIP LOCKED LIMIT %s)"
-                "UPDATE shots s SET status = 'running', claimed_by = %s, "
-                "  lease_until = now() + make_interval(secs => %s), updated_at = now() "
-                "FROM next WHERE s.id = next.id "
-                "RETURNING s.id, s.batch_id, s.shot_key, s.workflow, s.params, s.next_params, s.next_correction, "
-                "  s.max_attempts, "
-                "  (SELECT count(*) FROM attempts a WHERE a.shot_id = s.id AND a.status <> 'lost') AS attempts, "
-                "  (SELECT json_build_object('id', a.id, 'prompt_id', a.prompt_id, 'backend', a.backend, "
-                "     'status', a.status) FROM attempts a WHERE a.shot_id = s.id "
-                "   ORDER BY a.attempt_no DESC LIMIT 1) AS last_attempt",
-                (*condition_params, limit, worker, lease_seconds))
-            rows = await cursor.fetchall()
-        return [ClaimedShot(id=row["id"], batch_id=row["batch_id"], shot_key=row["shot_key"],
-                            workflow=row["workflow"], params={**row["params"], **(row["next_params"] or {})},
-                            correction=row["next_correction"], attempts=row["attempts"],
-                            max_attempts=row["max_attempts"], last_attempt=row["last_attempt"]) for row in rows]
+            await cursor.execute(self._claim[prefer_checkpoint is not None], params)
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        return ClaimedShot(id=row["id"], batch_id=row["batch_id"], shot_key=row["shot_key"], workflow=row["workflow"],
+                           params={**row["params"], **(row["next_params"] or {})}, correction=row["next_correction"],
+                           attempts=row["attempts"], max_attempts=row["max_attempts"],
+                           last_attempt=row["last_attempt"], attempt_id=row["attempt_id"],
+                           prompt_id=row["prompt_id"])
 
-    async def renew(self, worker: str, shot_ids: list[uuid.UUID], lease_seconds: float) -> set[uuid.UUID]:
-        """Extend this worker's leases; returns the shots it still holds."""
+    async def start_attempt(self, shot_id: uuid.UUID, backend: str, correction: dict | None) -> tuple[uuid.UUID,
+                                                                                                   uuid.UUID]:
+        """Open a new attempt on a shot this worker holds (after its last one was found lost)."""
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(
+                "INSERT INTO attempts (shot_id, attempt_no, prompt_id, backend, status, inputs, correction, "
+                "started_at) SELECT %s, coalesce(max(attempt_no), 0) + 1, gen_random_uuid(), %s, %s, '{}', %s, now() "
+                "FROM attempts WHERE shot_id = %s RETURNING id, prompt_id",
+                (shot_id, backend, AttemptStatus.RUNNING.value, Jsonb(correction) if correction else None,
+                 shot_id))).fetchone()
+        return row[0], row[1]
+
+    async def renew(self, worker: str, shot_ids, lease_seconds: float) -> set[uuid.UUID]:
+        async with self.pool.connection() as conn:
+            return await self.leases.renew(conn, worker, shot_ids, lease_seconds)
+
+    async def release(self, worker: str, shot_ids) -> None:
+        """Give shots back to the queue (a controller stopping, or a backend gone): their open attempt is followed
+        by whoever claims them next."""
+        async with self.pool.connection() as conn:
+            await self.leases.release(conn, worker, shot_ids, also=", updated_at = now()")
+
+    async def reclaim_lapsed(self) -> int:
+        """Shots whose controller stopped renewing its lease go back to the queue."""
+        async with self.pool.connection() as conn:
+            return len(await self.leases.reclaim_lapsed(conn))
+
+    async def cancelled_among(self, shot_ids) -> set[uuid.UUID]:
+        """Which of these shots were cancelled (their prompts are to be interrupted)."""
         if not shot_ids:
             return set()
         async with self.pool.connection() as conn:
-            cursor = await conn.execute(
-                "UPDATE shots SET lease_until = now() + make_interval(secs => %s) "
-                "WHERE id = ANY(%s) AND claimed_by = %s AND status = 'running' RETURNING id",
-                (lease_seconds, list(shot_ids), worker))
+            cursor = await conn.execute(f"SELECT id FROM shots WHERE id = ANY(%s) AND status = "
+                                        f"'{ShotStatus.CANCELLED}'", (list(shot_ids),))
             return {row[0] for row in await cursor.fetchall()}
 
-    async def requeue_expired(self) -> int:
-        """Shots whose controller stopped renewing its lease go back to the queue."""
+    # --- ending attempts ------------------------------------------------------------------------------------
+
+    async def finish_attempt(self, attempt_id: uuid.UUID, shot_status: ShotStatus, *, outputs=(), verdicts=(),
+                             error: dict | None = None, inputs: dict | None = None,
+                             attempt_status: AttemptStatus | None = None, retry: dict | None = None) -> bool:
+        """Close an attempt with its outputs, verdicts and per-character scores, and move its shot to
+        `shot_status` (or, with `retry` = {"params", "correction"}, queue it again corrected), in one statement.
+
+        Only the first caller for an attempt records it (another controller may follow the same prompt after a
+        lease lapsed): False, recording nothing, when it was already closed. A cancelled shot keeps its status."""
+        attempt_status = attempt_status or (AttemptStatus.FAILED if error else AttemptStatus.SUCCEEDED)
+        status = ShotStatus.QUEUED if retry else ShotStatus(shot_status)
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(_FINISH, {
+                "attempt": attempt_id, "attempt_status": attempt_status.value,
+                "error": Jsonb(error) if error else None, "inputs": Jsonb(inputs) if inputs is not None else None,
+                "outputs": Jsonb(list(outputs)), "verdicts": Jsonb(list(verdicts)),
+                "shot_status": status.value, "retry": retry is not None,
+                "next_params": Jsonb(retry["params"]) if retry else None,
+                "next_correction": Jsonb(retry["correction"]) if retry else None,
+                "release": status is not ShotStatus.RUNNING})).fetchone()
+        return row[0] > 0
+
+    async def end_shot(self, shot_id: uuid.UUID, status: ShotStatus) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                f"WITH moved AS (UPDATE shots SET status = %s, claimed_by = NULL, lease_until = NULL, "
+                f"  updated_at = now() WHERE id = %s AND status IN {OPEN} RETURNING batch_id) "
+                f"SELECT {_notify('changed', 'batch_id')} FROM moved", (ShotStatus(status).value, shot_id))
+
+    # --- a person's decisions -------------------------------------------------------------------------------
+
+    async def _transition(self, kind: str, sql: str, params: tuple) -> int:
+        """Run an UPDATE ... RETURNING batch_id, NOTIFY each batch it touched; returns the rows changed."""
+        async with self.pool.connection() as conn, conn.transaction():
+            rows = await (await conn.execute(sql, params)).fetchall()
+            for batch_id in {row[0] for row in rows}:
+                await conn.execute(f"SELECT {_notify(kind, '%s::uuid')}", (batch_id,))
+            return len(rows)
+
+    async def cancel_shot(self, shot_id: uuid.UUID) -> bool:
+        """Cancel a shot that has not reached a final status; a running prompt is interrupted by its dispatcher."""
+        return bool(await self._transition("cancelled", (
+            f"UPDATE shots SET status = '{ShotStatus.CANCELLED}', claimed_by = NULL, lease_until = NULL, "
+            f"updated_at = now() WHERE id = %s AND status IN {OPEN} RETURNING batch_id"), (shot_id,)))
+
+    async def cancel_batch(self, batch_id: uuid.UUID) -> int:
+        return await self._transition("cancelled", (
+            f"UPDATE shots SET status = '{ShotStatus.CANCELLED}', claimed_by = NULL, lease_until = NULL, "
+            f"updated_at = now() WHERE batch_id = %s AND status IN {OPEN} RETURNING batch_id"), (batch_id,))
+
+    async def retry_shot(self, shot_id: uuid.UUID) -> bool:
+        """Queue a finished shot again, with one more attempt allowed; its batch is open again (and notifies its
+        webhook again when it finishes)."""
+        return bool(await self._transition("queued", (
+            f"WITH retried AS (UPDATE shots SET status = '{ShotStatus.QUEUED}', "
+            f"  max_attempts = least(20, max_attempts + 1), updated_at = now() "
+            f"  WHERE id = %s AND status IN {sql_in(RETRYABLE_SHOT_STATUSES)} RETURNING batch_id) "
+            "UPDATE batches b SET finished_at = NULL, notified_at = NULL FROM retried WHERE b.id = retried.batch_id "
+            "RETURNING b.id"), (shot_id,)))
+
+    async def review_shot(self, shot_id: uuid.UUID, approve: bool) -> bool:
+        """A person's decision on a shot in the review band."""
+        status = ShotStatus.APPROVED if approve else ShotStatus.REJECTED
+        return bool(await self._transition("changed", (
+            f"UPDATE shots SET status = %s, updated_at = now() WHERE id = %s "
+            f"AND status = '{ShotStatus.NEEDS_REVIEW}' RETURNING batch_id"), (status.value, shot_id)))
+
+    # --- batches --------------------------------------------------------------------------------------------
+
+    async def mark_finished_batches(self) -> int:
+        """Batches whose every shot is final, not yet marked finished: marks them; returns how many."""
         async with self.pool.connection() as conn:
             cursor = await conn.execute(
-                "UPDATE shots SET status = 'queued', claimed_by = NULL, lease_until = NULL, updated_at = now() "
-                "WHERE status = 'running' AND lease_until < now() RETURNING id")
+                "UPDATE batches b SET finished_at = now() WHERE finished_at IS NULL AND EXISTS "
+                "(SELECT 1 FROM shots s WHERE s.batch_id = b.id) AND NOT EXISTS "
+                f"(SELECT 1 FROM shots s WHERE s.batch_id = b.id AND s.status IN {OPEN}) RETURNING b.id")
             return len(await cursor.fetchall())
 
-    async def release(self, worker: str, shot_ids: list[uuid.UUID]) -> None:
-        """Give shots back to the queue (a controller shutting down cleanly)."""
-        if shot_ids:
-            async with self.pool.connection() as conn:
-                await conn.execute(
-                    "UPDATE shots SET status = 'queued', claimed_by = NULL, lease_until = NULL, updated_at = now() "
-                    "WHERE id = ANY(%s) AND claimed_by = %s AND status = 'running'", (list(shot_ids), worker))
-
-    # --- the service's reads and decisions ----------------------------------------------------------------
+    # --- reads ----------------------------------------------------------------------------------------------
 
     async def batch(self, batch_id: uuid.UUID) -> dict | None:
         async with self.pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
-            await cursor.execute("SELECT id, source, webhook_url, created_at, finished_at, notified_at FROM batches "
-                                 "WHERE id = %s", (batch_id,))
+            await cursor.execute(
+                "SELECT b.id, b.source, b.webhook_url, b.created_at, b.finished_at, b.notified_at, "
+                "  coalesce((SELECT json_object_agg(status, n) FROM (SELECT status, count(*) AS n FROM shots "
+                "   WHERE batch_id = b.id GROUP BY status) c), '{}') AS counts "
+                "FROM batches b WHERE b.id = %s", (batch_id,))
             batch = await cursor.fetchone()
-            if batch is None:
-                return None
-            await cursor.execute("SELECT status, count(*) AS n FROM shots WHERE batch_id = %s GROUP BY status",
-                                 (batch_id,))
-            counts = {row["status"]: row["n"] for row in await cursor.fetchall()}
+        if batch is None:
+            return None
+        counts = batch["counts"]
         total = sum(counts.values())
-        done = sum(n for status, n in counts.items() if status in FINAL_STATUSES)
-        return {**batch, "counts": counts, "total": total, "done": done, "finished": total > 0 and done == total}
+        done = sum(n for status, n in counts.items() if status in FINAL_SHOT_STATUSES)
+        return {**batch, "total": total, "done": done, "finished": total > 0 and done == total}
 
     async def batch_shots(self, batch_id: uuid.UUID) -> list[dict]:
         async with self.pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute(
                 "SELECT s.id, s.shot_key, s.status, s.params, s.max_attempts, "
-                "  (SELECT count(*) FROM attempts a WHERE a.shot_id = s.id AND a.status <> 'lost') AS attempts, "
+                f"  (SELECT count(*) FROM attempts a WHERE a.shot_id = s.id AND a.status <> '{LOST}') AS attempts, "
                 "  (SELECT v.details FROM verdicts v JOIN attempts a ON a.id = v.attempt_id WHERE a.shot_id = s.id "
                 "   ORDER BY a.attempt_no DESC, (v.check_name = 'shot') DESC, v.id LIMIT 1) AS verdict, "
                 "  (SELECT o.subfolder || '/' || o.filename FROM outputs o JOIN attempts a ON a.id = o.attempt_id "
@@ -158,7 +334,9 @@ class ShotQueue:
             rows = await cursor.fetchall()
         for row in rows:
             verdict = row.pop("verdict") or {}
-            row["score"], row["band"] = verdict.get("score"), verdict.get("band")
+            score = verdict.get("score")
+            row["score"] = float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None
+            row["band"] = verdict.get("band") if isinstance(verdict.get("band"), str) else None
         return rows
 
     async def shot(self, shot_id: uuid.UUID) -> dict | None:
@@ -181,47 +359,30 @@ class ShotQueue:
             shot["attempts"] = await cursor.fetchall()
         return shot
 
-    async def _transition(self, sql: str, params: tuple) -> list:
+    async def recent_batches(self, limit: int = 20) -> list[tuple]:
+        async with self.pool.connection() as conn:
+            return await (await conn.execute(
+                f"SELECT b.id, b.source, b.created_at, count(s.id), count(s.id) FILTER (WHERE s.status IN {OPEN}) "
+                "FROM batches b LEFT JOIN shots s ON s.batch_id = b.id GROUP BY b.id "
+                "ORDER BY b.created_at DESC LIMIT %s", (limit,))).fetchall()
+
+    # --- webhooks -------------------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def webhooks_due(self, limit: int = 20):
+        """Finished batches with a webhook not yet sent, locked (SKIP LOCKED) for the caller to deliver:
+        yields [(batch_id, url, body dict)] and marks them notified when the block ends, delivered or not (a
+        receiver that is down does not get the batch forever). Two services never send the same webhook; one
+        that dies mid-delivery leaves the batch to the next round: delivery is at least once."""
         async with self.pool.connection() as conn, conn.transaction():
-            rows = await (await conn.execute(sql, params)).fetchall()
+            rows = await (await conn.execute(
+                "SELECT b.id, b.webhook_url, coalesce((SELECT json_object_agg(status, n) FROM (SELECT status, "
+                "  count(*) AS n FROM shots WHERE batch_id = b.id GROUP BY status) c), '{}') "
+                "FROM batches b WHERE b.finished_at IS NOT NULL AND b.notified_at IS NULL "
+                "AND b.webhook_url IS NOT NULL ORDER BY b.finished_at LIMIT %s FOR UPDATE SKIP LOCKED",
+                (limit,))).fetchall()
+            yield [(batch_id, url, {"batch_id": str(batch_id), "counts": counts, "total": sum(counts.values())})
+                   for batch_id, url, counts in rows]
             if rows:
-                await conn.execute("SELECT pg_notify('shotline_events', %s)", (f"shots changed: {len(rows)}",))
-            return rows
-
-    async def cancel_shot(self, shot_id: uuid.UUID) -> bool:
-        """Cancel a shot that has not reached a final status; a running prompt finishes but is not recorded."""
-        return bool(await self._transition(
-            "UPDATE shots SET status = 'cancelled', claimed_by = NULL, lease_until = NULL, updated_at = now() "
-            "WHERE id = %s AND status IN ('queued', 'running') RETURNING id", (shot_id,)))
-
-    async def cancel_batch(self, batch_id: uuid.UUID) -> int:
-        return len(await self._transition(
-            "UPDATE shots SET status = 'cancelled', claimed_by = NULL, lease_until = NULL, updated_at = now() "
-            "WHERE batch_id = %s AND status IN ('queued', 'running') RETURNING id", (batch_id,)))
-
-    async def retry_shot(self, shot_id: uuid.UUID) -> bool:
-        """Queue a finished shot again, with one more attempt allowed; its batch is open again (and will notify
-        its webhook again when it finishes)."""
-        return bool(await self._transition(
-            "WITH retried AS ("
-            "  UPDATE shots SET status = 'queued', max_attempts = least(20, max_attempts + 1), updated_at = now() "
-            "  WHERE id = %s AND status IN ('failed', 'rejected', 'cancelled', 'needs_review') RETURNING batch_id) "
-            "UPDATE batches b SET finished_at = NULL, notified_at = NULL FROM retried WHERE b.id = retried.batch_id "
-            "RETURNING b.id", (shot_id,)))
-
-    async def review_shot(self, shot_id: uuid.UUID, approve: bool) -> bool:
-        """A person's decision on a shot in the review band."""
-        return bool(await self._transition(
-            "UPDATE shots SET status = %s, updated_at = now() WHERE id = %s AND status = 'needs_review' "
-            "RETURNING id", ("approved" if approve else "rejected", shot_id)))
-
-    async def mark_finished_batches(self) -> list[dict]:
-        """Batches whose every shot is final, not yet marked finished: marks them and returns them."""
-        async with self.pool.connection() as conn, conn.transaction():
-            cursor = conn.cursor(row_factory=dict_row)
-            await cursor.execute(
-                "UPDATE batches b SET finished_at = now() WHERE finished_at IS NULL AND EXISTS "
-                "(SELECT 1 FROM shots s WHERE s.batch_id = b.id) AND NOT EXISTS "
-                "(SELECT 1 FROM shots s WHERE s.batch_id = b.id AND s.status IN ('queued', 'running')) "
-                "RETURNING b.id, b.webhook_url")
-            return await cursor.fetchall()
+                await conn.execute("UPDATE batches SET notified_at = now() WHERE id = ANY(%s)",
+                                   ([row[0] for row in rows],))

@@ -1,109 +1,319 @@
-"""Run queued shots on ComfyUI backends until told to stop. Any number of dispatchers (processes) can share a batch.
+"""Run queued shots on ComfyUI backends until told to stop. Any number of dispatchers (processes) share a batch.
 
 Each backend gets `slots` concurrent workers: while one prompt executes, the next is already queued on the same
 server, so the GPU does not idle between shots. A worker claims a shot (preferring the checkpoint its backend
-last loaded), reconciles the shot's last attempt if a previous controller left one running, otherwise queues a
-new attempt, and records the result. A rejected shot is queued again with a correction chosen from its verdict,
-up to the shot's `max_attempts`.
+last loaded; the claim also opens the attempt), reconciles the shot's last attempt if a previous controller left
+one running, otherwise fills the preset and queues the prompt under the attempt's prompt_id, and records the
+result. A rejected shot is queued again with a correction chosen from its verdict, up to its `max_attempts`.
+
+One keeper task renews this process's leases, requeues shots whose controller died, and interrupts the prompts
+of shots cancelled while they run (woken at once by the `cancelled` NOTIFY, else every lease/3 seconds).
+Shot status changes themselves are all in store/shots.py.
 """
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import socket
+import time
 import uuid
-from pathlib import Path
+from contextlib import ExitStack
 from typing import Awaitable, Callable
 
-from psycopg_pool import AsyncConnectionPool
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from shotline_controller.comfy.client import ComfyBackend, ComfyUnavailable, PromptLost, PromptRejected, PromptResult
+from shotline_controller.comfy.client import (
+    ComfyBackend,
+    ComfyUnavailable,
+    PromptCancelled,
+    PromptLost,
+    PromptRejected,
+    PromptResult,
+)
 from shotline_controller.comfy.corrections import choose_correction
-from shotline_controller.comfy.presets import PresetError, fill_preset, load_preset
-from shotline_controller.comfy.results import RenderError, choose_checkpoint, collect_results, combo_options, shot_status
+from shotline_controller.comfy.presets import PresetError, fill_preset, find_preset, load_preset
+from shotline_controller.comfy.results import (
+    RenderError,
+    choose_checkpoint,
+    collect_results,
+    combo_options,
+    shot_status,
+)
+from shotline_controller.contract import InputError, Shot
+from shotline_controller.metrics import ControllerMetrics
 from shotline_controller.settings import RANDOM_CHECKPOINT_NAME
-from shotline_controller.shot_list import shot_from_record
-from shotline_controller.store.shots import ClaimedShot, ShotQueue
-from shotline_controller.store.attempts import ShotStore
+from shotline_controller.store.notifications import Notifications
+from shotline_controller.store.shots import ClaimedShot, ShotStore
+from shotline_controller.store.status import OPEN_ATTEMPT_STATUSES, AttemptStatus, ShotStatus
+from shotline_controller.store.uploads import UploadStore
 
 log = logging.getLogger("shotline.dispatcher")
+DATABASE_TROUBLE = (psycopg.OperationalError, PoolTimeout)
 
 
 class Dispatcher:
-    def __init__(self, pool: AsyncConnectionPool, backends: list[ComfyBackend], slots_per_backend: int = 2,
-                 lease_seconds: float = 30.0, poll_seconds: float = 0.25,
+    def __init__(self, pool: AsyncConnectionPool, backends: list[ComfyBackend], *, slots_per_backend: int = 2,
+                 lease_seconds: float = 30.0, notifications: Notifications | None = None,
+                 metrics: ControllerMetrics | None = None, idle_seconds: tuple[float, float] = (0.05, 2.0),
                  on_outcome: Callable[[ClaimedShot, str], None] | None = None):
-        self.queue = ShotQueue(pool)
         self.store = ShotStore(pool)
+        self.uploads = UploadStore(pool)
         self.backends = backends
         self.slots = slots_per_backend
         self.lease_seconds = lease_seconds
-        self.poll_seconds = poll_seconds
+        self.notifications = notifications
+        self.metrics = metrics or ControllerMetrics()
+        self.idle_seconds = idle_seconds
         self.on_outcome = on_outcome
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.held: set[uuid.UUID] = set()
+        self.held: dict[uuid.UUID, tuple[ComfyBackend, str | None]] = {}   # shot -> (backend, prompt_id queued)
+        self.cancelled: set[uuid.UUID] = set()                              # held shots whose prompt we stopped
         self._object_info: dict[str, dict] = {}
-        self._stopping = asyncio.Event()
+        self._presets: dict[tuple[str, str], tuple[int, dict]] = {}
+        self._uploaded: dict[tuple[str, str], str] = {}
 
-    async def run(self, until: Callable[[], Awaitable[bool]] | None = None, check_seconds: float = 0.5) -> None:
-        """Work until `until()` returns True (or forever); shots held at the end go back to the queue."""
-        for backend in self.backends:
-            await backend.start()
+    async def run(self, until: Callable[[], Awaitable[bool]] | None = None, stop: asyncio.Event | None = None,
+                  check_seconds: float = 0.5) -> None:
+        """Work until `until()` returns True or `stop` is set; shots held at the end go back to the queue."""
+        stop = stop or asyncio.Event()
         tasks = [asyncio.create_task(self._slot(backend), name=f"slot {backend.base_url} {index}")
                  for backend in self.backends for index in range(self.slots)]
         tasks.append(asyncio.create_task(self._keep_leases(), name="leases"))
         try:
-            while not self._stopping.is_set():
+            while not stop.is_set():
                 if until is not None and await until():
                     break
                 for task in tasks:
-                    if task.done() and task.exception():
+                    if task.done() and not task.cancelled() and task.exception():
                         raise task.exception()
-                await asyncio.sleep(check_seconds)
+                try:
+                    await asyncio.wait_for(stop.wait(), check_seconds)
+                except asyncio.TimeoutError:
+                    pass
         finally:
-            self._stopping.set()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await self.queue.release(self.worker, list(self.held))
+            try:
+                await self.store.release(self.worker, list(self.held))
+            except DATABASE_TROUBLE as error:  # their leases lapse instead
+                log.warning("could not give %d shot(s) back to the queue: %s", len(self.held), error)
 
-    def stop(self) -> None:
-        self._stopping.set()
+    # --- leases and cancellations ---------------------------------------------------------------------------
 
     async def _keep_leases(self) -> None:
-        while True:
-            await asyncio.sleep(self.lease_seconds / 3)
-            lost = set(self.held) - await self.queue.renew(self.worker, list(self.held), self.lease_seconds)
-            if lost:
+        with ExitStack() as stack:
+            cancelled = (stack.enter_context(self.notifications.subscribe("cancelled")) if self.notifications
+                         else asyncio.Event())
+            while True:
+                try:
+                    await asyncio.wait_for(cancelled.wait(), self.lease_seconds / 3)
+                except asyncio.TimeoutError:
+                    pass
+                cancelled.clear()
+                try:
+                    await self._lease_round()
+                except DATABASE_TROUBLE as error:
+                    log.warning("lease round failed (the database?): %s", error)
+
+    async def _lease_round(self) -> None:
+        held = set(self.held)
+        kept = await self.store.renew(self.worker, held, self.lease_seconds)
+        lost = held - kept
+        if lost:
+            for shot_id in await self.store.cancelled_among(lost):
+                await self._interrupt(shot_id)
+            others = lost - self.cancelled
+            if others:
                 log.warning("lost the lease on %d shot(s); their results are recorded once, by whoever ends them",
-                            len(lost))
-            if await self.queue.requeue_expired():
-                log.warning("re-queued shots whose controller stopped renewing its lease")
+                            len(others))
+        if await self.store.reclaim_lapsed():
+            log.warning("re-queued shots whose controller stopped renewing its lease")
+
+    async def _interrupt(self, shot_id: uuid.UUID) -> None:
+        backend, prompt_id = self.held.get(shot_id, (None, None))
+        if backend is None or shot_id in self.cancelled:
+            return
+        self.cancelled.add(shot_id)
+        if prompt_id is not None:
+            log.info("shot %s was cancelled: interrupting prompt %s on %s", shot_id, prompt_id, backend.base_url)
+            try:
+                await backend.interrupt(prompt_id)
+            except ComfyUnavailable as error:
+                log.warning("could not interrupt prompt %s on %s: %s", prompt_id, backend.base_url, error)
+
+    # --- a slot ---------------------------------------------------------------------------------------------
+
+    async def _wait_for_work(self, seconds: float) -> None:
+        if self.notifications is None:
+            await asyncio.sleep(seconds)
+            return
+        with self.notifications.subscribe("queued") as queued:
+            try:
+                await asyncio.wait_for(queued.wait(), seconds)
+            except asyncio.TimeoutError:
+                pass
 
     async def _slot(self, backend: ComfyBackend) -> None:
+        shortest, longest = self.idle_seconds
+        idle = shortest
         while True:
             if not backend.connected:
-                await asyncio.sleep(self.poll_seconds)
+                await asyncio.sleep(longest)
                 continue
-            claimed = await self.queue.claim(self.worker, self.lease_seconds, 1, backend.loaded_checkpoint)
-            if not claimed:
-                await asyncio.sleep(self.poll_seconds)
+            try:
+                started = time.perf_counter()
+                shot = await self.store.claim(self.worker, self.lease_seconds, backend.base_url,
+                                              backend.loaded_checkpoint)
+            except DATABASE_TROUBLE as error:
+                log.warning("cannot claim shots (the database?): %s", error)
+                await asyncio.sleep(longest)
                 continue
-            shot = claimed[0]
-            self.held.add(shot.id)
+            if shot is None:
+                await self._wait_for_work(idle)
+                idle = min(longest, idle * 2)
+                continue
+            self.metrics.claim_seconds.observe(time.perf_counter() - started)
+            idle = shortest
+            self.held[shot.id] = (backend, None)
             try:
                 outcome = await self._run_shot(backend, shot)
             except (ComfyUnavailable, PromptLost) as error:
                 log.warning("%s on %s: %s; back to the queue", shot.shot_key, backend.base_url, error)
-                await self.queue.release(self.worker, [shot.id])
                 outcome = "queued"
+                await self._release(shot)
                 await asyncio.sleep(1.0)  # let the backend come back before this slot claims again
+            except DATABASE_TROUBLE as error:
+                log.warning("%s: the database is unavailable (%s); its lease will lapse and it runs again",
+                            shot.shot_key, error)
+                outcome = "queued"
+                await asyncio.sleep(longest)
             finally:
-                self.held.discard(shot.id)
+                self.held.pop(shot.id, None)
+                self.cancelled.discard(shot.id)
+            self.metrics.outcomes.labels(outcome).inc()
             if self.on_outcome:
                 self.on_outcome(shot, outcome)
+
+    async def _release(self, shot: ClaimedShot) -> None:
+        try:
+            await self.store.release(self.worker, [shot.id])
+        except DATABASE_TROUBLE as error:
+            log.warning("could not give %s back to the queue (%s): its lease lapses instead", shot.shot_key, error)
+
+    def _backend(self, url: str) -> ComfyBackend | None:
+        return next((backend for backend in self.backends if backend.base_url == url), None)
+
+    # --- one shot -------------------------------------------------------------------------------------------
+
+    async def _run_shot(self, backend: ComfyBackend, shot: ClaimedShot) -> str:
+        attempt_id, prompt_id, attempt_no = shot.attempt_id, shot.prompt_id, shot.attempts + 1
+        last = shot.last_attempt
+        if attempt_id is None and last and last["status"] in OPEN_ATTEMPT_STATUSES:
+            # A controller died (or was paused past its lease) while this attempt ran: follow its prompt_id on the
+            # backend it went to; run anything new only if that backend lost it.
+            last_id, attempt_no = uuid.UUID(str(last["id"])), shot.attempts
+            owner = self._backend(last["backend"])
+            if owner is not None:
+                self.held[shot.id] = (owner, str(last["prompt_id"]))
+                owner.follow(str(last["prompt_id"]))
+                try:
+                    result = await self._wait(owner, shot, str(last["prompt_id"]))
+                except PromptLost:
+                    result = None
+                if result is not None:
+                    return await self._record(shot, last_id, result, attempt_no, inputs=None)
+            await self.store.finish_attempt(last_id, ShotStatus.RUNNING, attempt_status=AttemptStatus.LOST, error={
+                "exception_message": "prompt lost: its backend no longer knows it or is not served by this "
+                                     "controller"})
+            attempt_no = shot.attempts  # the lost one no longer counts; this is the next
+            if attempt_no > shot.max_attempts:
+                await self.store.end_shot(shot.id, ShotStatus.FAILED)
+                return ShotStatus.FAILED.value
+            self.held[shot.id] = (backend, None)
+            attempt_id, prompt_id = await self.store.start_attempt(shot.id, backend.base_url, shot.correction)
+        elif attempt_id is None:  # every attempt used
+            await self.store.end_shot(shot.id, ShotStatus.FAILED)
+            return ShotStatus.FAILED.value
+        prompt_id = str(prompt_id)
+
+        try:
+            params = Shot.from_record({**shot.params, "id": shot.shot_key, "workflow": shot.workflow})
+            object_info = await self._backend_object_info(backend)
+            preset = await self._preset(shot.workflow, backend, object_info)
+            checkpoint = choose_checkpoint(params, combo_options(object_info, "CheckpointLoaderSimple", "ckpt_name"))
+            image_name = await self._input_image(backend, params.image) if params.image else None
+            graph, inputs = fill_preset(preset, params, checkpoint, image_name=image_name,
+                                        filename_prefix=f"shotline/{str(shot.batch_id)[:8]}/{shot.shot_key}")
+        except (PresetError, RenderError, InputError, ValueError, OSError) as error:
+            # a shot this controller cannot build: record why, never loop on it
+            await self.store.finish_attempt(attempt_id, ShotStatus.FAILED, error={"exception_message": str(error)})
+            return ShotStatus.FAILED.value
+        if checkpoint == RANDOM_CHECKPOINT_NAME:
+            log.warning("%s: rendering with the random test checkpoint: images are noise", shot.shot_key)
+
+        self.held[shot.id] = (backend, prompt_id)
+        try:
+            await backend.submit(graph, prompt_id)
+        except PromptRejected as rejected:
+            await self.store.finish_attempt(attempt_id, ShotStatus.FAILED, error=rejected.body, inputs=inputs)
+            return ShotStatus.FAILED.value
+        except ComfyUnavailable:
+            await self.store.finish_attempt(attempt_id, ShotStatus.QUEUED, attempt_status=AttemptStatus.LOST,
+                                            inputs=inputs, error={"exception_message": f"{backend.base_url} "
+                                                                                       "unavailable"})
+            raise
+        backend.loaded_checkpoint = checkpoint
+        if shot.id in self.cancelled or shot.id in await self.store.cancelled_among([shot.id]):
+            await self._interrupt(shot.id)  # cancelled while it was being queued
+        started = time.monotonic()
+        try:
+            result = await self._wait(backend, shot, prompt_id)
+        except PromptLost:
+            await self.store.finish_attempt(attempt_id, ShotStatus.QUEUED, attempt_status=AttemptStatus.LOST,
+                                            inputs=inputs, error={"exception_message": f"{backend.base_url} lost "
+                                                                                       "the prompt"})
+            raise
+        outcome = await self._record(shot, attempt_id, result, attempt_no, inputs)
+        self.metrics.attempt_seconds.labels(outcome).observe(time.monotonic() - started)
+        return outcome
+
+    async def _wait(self, backend: ComfyBackend, shot: ClaimedShot, prompt_id: str) -> PromptResult:
+        """The prompt's result; an interrupted one (its shot was cancelled) as an error result."""
+        try:
+            return await backend.wait(prompt_id)
+        except PromptCancelled as cancelled:
+            self.cancelled.add(shot.id)
+            return cancelled.result or PromptResult(prompt_id, "error", error={
+                "exception_message": "cancelled before it started: taken off the backend's queue"})
+
+    async def _record(self, shot: ClaimedShot, attempt_id: uuid.UUID, result: PromptResult, attempt_no: int,
+                      inputs: dict | None) -> str:
+        files, verdicts = collect_results(result.outputs)
+        if shot.id in self.cancelled:
+            await self.store.finish_attempt(attempt_id, ShotStatus.CANCELLED, outputs=files, verdicts=verdicts,
+                                            inputs=inputs, attempt_status=AttemptStatus.CANCELLED,
+                                            error=result.error or {"exception_message": "cancelled"})
+            return ShotStatus.CANCELLED.value
+        if result.status == "error":
+            status = ShotStatus.FAILED
+            retry_verdicts = [{"reasons": [f"execution error: {result.error.get('exception_message', '')}"]}]
+        else:
+            status, retry_verdicts = ShotStatus(shot_status(verdicts)), verdicts
+        retry = None
+        if status in (ShotStatus.REJECTED, ShotStatus.FAILED) and attempt_no < shot.max_attempts:
+            correction = choose_correction(shot.params, retry_verdicts, attempt_no)
+            retry = {"params": {**shot.params, **correction["changes"]}, "correction": correction}
+        recorded = await self.store.finish_attempt(attempt_id, status, outputs=files, verdicts=verdicts,
+                                                   error=result.error if result.status == "error" else None,
+                                                   inputs=inputs, retry=retry)
+        if not recorded:
+            return "recorded elsewhere"
+        return ShotStatus.QUEUED.value if retry else status.value
+
+    # --- what a backend needs -------------------------------------------------------------------------------
 
     async def _backend_object_info(self, backend: ComfyBackend) -> dict:
         """The backend's /object_info, read once: the checkpoints it has and how to convert editor presets."""
@@ -111,90 +321,23 @@ class Dispatcher:
             self._object_info[backend.base_url] = await backend.object_info()
         return self._object_info[backend.base_url]
 
-    async def _input_image(self, backend: ComfyBackend, shot: ClaimedShot, path: str) -> str:
-        data = Path(path).read_bytes()
-        name = f"{shot.shot_key}-{hashlib.sha256(data).hexdigest()[:12]}{Path(path).suffix.lower()}"
-        return await backend.upload_image(name, data)
+    async def _preset(self, name: str, backend: ComfyBackend, object_info: dict) -> dict:
+        """The preset as an API graph for this backend, read again only when its file changes."""
+        path = find_preset(name)
+        mtime = path.stat().st_mtime_ns
+        cached = self._presets.get((name, backend.base_url))
+        if cached is None or cached[0] != mtime:
+            cached = (mtime, await asyncio.to_thread(load_preset, name, object_info))
+            self._presets[(name, backend.base_url)] = cached
+        return cached[1]
 
-    def _backend(self, url: str) -> ComfyBackend | None:
-        return next((backend for backend in self.backends if backend.base_url == url), None)
-
-    async def _run_shot(self, backend: ComfyBackend, shot: ClaimedShot) -> str:
-        last = shot.last_attempt
-        if last and last["status"] in ("queued", "running"):
-            # A controller died (or was paused past its lease) while this attempt ran: follow its prompt_id
-            # on the backend it went to; run anything new only if that backend lost it.
-            owner = self._backend(last["backend"])
-            if owner is not None:
-                owner.follow(str(last["prompt_id"]))
-                try:
-                    result = await owner.wait(str(last["prompt_id"]))
-                except PromptLost:
-                    result = None
-                if result is not None:
-                    return await self._record(shot, uuid.UUID(str(last["id"])), result, shot.attempts)
-            await self.store.finish_attempt(uuid.UUID(str(last["id"])), shot.id, "running", [], [],
-                                            error={"exception_message": "prompt lost: its backend no longer knows "
-                                                                        "it or is not served by this controller"},
-                                            attempt_status="lost")
-
-        if shot.attempts >= shot.max_attempts:
-            await self.store.end_shot(shot.id, "failed")
-            return "failed"
-        try:
-            params = shot_from_record({**shot.params, "id": shot.shot_key, "workflow": shot.workflow})
-            object_info = await self._backend_object_info(backend)
-            preset = load_preset(shot.workflow, object_info)
-            checkpoint = choose_checkpoint(params, combo_options(object_info, "CheckpointLoaderSimple", "ckpt_name"))
-            image_name = await self._input_image(backend, shot, params.image) if params.image else None
-            graph, inputs = fill_preset(preset, params, checkpoint, image_name=image_name,
-                                        filename_prefix=f"shotline/{str(shot.batch_id)[:8]}/{shot.shot_key}")
-        except (PresetError, RenderError, ValueError, OSError) as error:
-            # a shot this controller cannot build: record why, never loop on it
-            prompt_id = str(uuid.uuid4())
-            attempt_id = await self.store.start_attempt(shot.id, prompt_id, backend.base_url, {}, shot.correction)
-            await self.store.finish_attempt(attempt_id, shot.id, "failed", [], [],
-                                            error={"exception_message": str(error)})
-            return "failed"
-        if checkpoint == RANDOM_CHECKPOINT_NAME:
-            log.warning("%s: rendering with the random test checkpoint: images are noise", shot.shot_key)
-
-        prompt_id = str(uuid.uuid4())
-        attempt_id = await self.store.start_attempt(shot.id, prompt_id, backend.base_url, inputs, shot.correction)
-        try:
-            await backend.submit(graph, prompt_id)
-        except PromptRejected as rejected:
-            await self.store.finish_attempt(attempt_id, shot.id, "failed", [], [], error=rejected.body)
-            return "failed"
-        except ComfyUnavailable:
-            await self.store.finish_attempt(attempt_id, shot.id, "queued", [], [],
-                                            error={"exception_message": f"{backend.base_url} unavailable"},
-                                            attempt_status="lost")
-            raise
-        backend.loaded_checkpoint = checkpoint
-        try:
-            result = await backend.wait(prompt_id)
-        except PromptLost:
-            await self.store.finish_attempt(attempt_id, shot.id, "queued", [], [],
-                                            error={"exception_message": f"{backend.base_url} lost the prompt"},
-                                            attempt_status="lost")
-            raise
-        return await self._record(shot, attempt_id, result, shot.attempts + 1)
-
-    async def _record(self, shot: ClaimedShot, attempt_id: uuid.UUID, result: PromptResult, attempt_no: int) -> str:
-        files, verdicts = collect_results(result.outputs)
-        if result.status == "error":
-            status, retry_verdicts = "failed", [{"reasons": [f"execution error: "
-                                                              f"{result.error.get('exception_message', '')}"]}]
-        else:
-            status, retry_verdicts = shot_status(verdicts), verdicts
-        retry = None
-        if status in ("rejected", "failed") and attempt_no < shot.max_attempts:
-            correction = choose_correction(shot.params, retry_verdicts, attempt_no)
-            retry = {"params": {**shot.params, **correction["changes"]}, "correction": correction}
-        recorded = await self.store.finish_attempt(attempt_id, shot.id, status, files, verdicts,
-                                                   error=result.error if result.status == "error" else None,
-                                                   retry=retry)
-        if not recorded:
-            return "recorded elsewhere"
-        return "queued" if retry else status
+    async def _input_image(self, backend: ComfyBackend, ref: str) -> str:
+        """The shot's uploaded image put on this backend once; the name LoadImage takes."""
+        key = (backend.base_url, ref)
+        if key not in self._uploaded:
+            found = await self.uploads.content(ref)
+            if found is None:
+                raise InputError("image", f"no upload {ref}")
+            data, suffix = found
+            self._uploaded[key] = await backend.upload_image(f"{ref.removeprefix('sha256:')[:16]}{suffix}", data)
+        return self._uploaded[key]

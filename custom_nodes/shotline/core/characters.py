@@ -18,23 +18,25 @@
     thresholds:                        # optional, override the graph's defaults for this character
       identity: 0.8
 
-Pure logic: YAML in, dataclasses out; errors name the field (`loras[0].strength: ...`).
+Pure logic: YAML in, pydantic models out (the controller's API takes the same CharacterSheet); errors name the field (`loras[0].strength: ...`).
 """
 from __future__ import annotations
 
-import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .validation import KEY_RULE, FreeText, Line, RequiredText, check_key, first_error
 
 SHEET_FILE = "character.yaml"
 REFERENCES_DIR = "references"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 STYLES = ("anime", "photo")
 THRESHOLD_KEYS = ("identity", "quality", "approve_at", "reject_below", "golden_at")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
-FOLDER_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$"
 
 
 class CharacterSheetError(ValueError):
@@ -44,26 +46,45 @@ class CharacterSheetError(ValueError):
         self.message = message
 
 
-@dataclass(frozen=True)
-class LoraRef:
-    name: str
-    strength: float = 1.0
-    clip_strength: float | None = None
+class _Sheet(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
-@dataclass(frozen=True)
-class CharacterSheet:
-    name: str
-    style: str
-    design_prompt: str
-    negative_prompt: str = ""
+Strength = Annotated[float, Field(ge=-10, le=10)]
+
+
+class LoraRef(_Sheet):
+    name: Annotated[Line, Field(min_length=1, description="the LoRA file name in models/loras")]
+    strength: Strength = 1.0
+    clip_strength: Strength | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        value = value.strip()
+        if not value or value.startswith("/") or ".." in Path(value).parts:
+            raise ValueError("must be a file name in models/loras (subfolders allowed, no '..')")
+        return value
+
+
+class CharacterSheet(_Sheet):
+    """A character's sheet (character.yaml): the one definition the pack and the controller's API both use."""
+    name: Annotated[Line, Field(pattern=NAME_PATTERN, description="letters, digits, spaces, '.', '_' or '-', "
+                                                                  "at most 64")]
+    style: Literal["anime", "photo"] = "anime"
+    design_prompt: RequiredText
+    negative_prompt: FreeText = ""
     loras: tuple[LoraRef, ...] = ()
-    thresholds: dict = field(default_factory=dict)
+    thresholds: dict[Literal["identity", "quality", "approve_at", "reject_below", "golden_at"],
+                     Annotated[float, Field(ge=0, le=1)]] = {}
+
+    @field_validator("name", "design_prompt", "negative_prompt")
+    @classmethod
+    def _stripped(cls, value: str) -> str:
+        return value.strip()
 
     def as_dict(self) -> dict:
-        data = asdict(self)
-        data["loras"] = [asdict(lora) for lora in self.loras]
-        return data
+        return self.model_dump(mode="json")
 
 
 @dataclass(frozen=True)
@@ -77,63 +98,40 @@ class Character:
         return self.sheet.name
 
 
-def _number(value, field: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise CharacterSheetError(field, f"must be a number from {low:g} to {high:g}, got {value!r}")
-    return float(value)
-
-
-def _string(value, field: str, required: bool) -> str:
-    if value is None and not required:
-        return ""
-    if not isinstance(value, str) or (required and not value.strip()):
-        raise CharacterSheetError(field, f"must be {'a non-empty ' if required else 'a '}string, got {value!r}")
-    return value.strip()
-
-
 def parse_sheet(data) -> CharacterSheet:
+    """A sheet from its parsed YAML/JSON; CharacterSheetError names the field (`loras[0].strength`)."""
     if not isinstance(data, dict):
         raise CharacterSheetError("sheet", "must be a mapping (name, style, design_prompt, ...)")
-    known = {"name", "style", "design_prompt", "negative_prompt", "loras", "thresholds"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise CharacterSheetError(unknown[0], f"unknown field (known: {', '.join(sorted(known))})")
-    name = _string(data.get("name"), "name", required=True)
-    if not NAME_PATTERN.match(name):
-        raise CharacterSheetError("name", f"letters, digits, spaces, '.', '_' or '-', at most 64; got {name!r}")
-    style = data.get("style", "anime")
-    if style not in STYLES:
-        raise CharacterSheetError("style", f"must be one of {', '.join(STYLES)}, got {style!r}")
-    loras_raw = data.get("loras") or []
-    if not isinstance(loras_raw, list):
-        raise CharacterSheetError("loras", "must be a list of {name, strength}")
-    loras = []
-    for index, lora in enumerate(loras_raw):
-        where = f"loras[{index}]"
-        if not isinstance(lora, dict) or not isinstance(lora.get("name"), str) or not lora["name"].strip():
-            raise CharacterSheetError(f"{where}.name", "required: the LoRA file name in models/loras")
-        clip_strength = lora.get("clip_strength")
-        loras.append(LoraRef(
-            name=lora["name"].strip(),
-            strength=_number(lora.get("strength", 1.0), f"{where}.strength", -10, 10),
-            clip_strength=None if clip_strength is None else _number(clip_strength, f"{where}.clip_strength",
-                                                                     -10, 10)))
-    thresholds_raw = data.get("thresholds") or {}
-    if not isinstance(thresholds_raw, dict):
-        raise CharacterSheetError("thresholds", f"must be a mapping of {', '.join(THRESHOLD_KEYS)}")
-    thresholds = {}
-    for key, value in thresholds_raw.items():
-        if key not in THRESHOLD_KEYS:
-            raise CharacterSheetError(f"thresholds.{key}", f"unknown threshold (known: {', '.join(THRESHOLD_KEYS)})")
-        thresholds[key] = _number(value, f"thresholds.{key}", 0, 1)
-    return CharacterSheet(
-        name=name,
-        style=style,
-        design_prompt=_string(data.get("design_prompt"), "design_prompt", required=True),
-        negative_prompt=_string(data.get("negative_prompt"), "negative_prompt", required=False),
-        loras=tuple(loras),
-        thresholds=thresholds,
-    )
+    if data.get("loras") is None:
+        data = {**data, "loras": ()}
+    if data.get("thresholds") is None:
+        data = {**data, "thresholds": {}}
+    try:
+        return CharacterSheet.model_validate({**data, "loras": tuple(data["loras"]) if isinstance(
+            data["loras"], list) else data["loras"]})
+    except ValidationError as error:
+        raise CharacterSheetError(*first_error(error, model=CharacterSheet)) from None
+
+
+def check_folder_name(name) -> str:
+    """A character folder or reference file name: a plain key, never a path."""
+    if not isinstance(name, str):
+        raise CharacterSheetError("folder", f"must be {KEY_RULE}")
+    try:
+        return check_key(name)
+    except ValueError as error:
+        raise CharacterSheetError("folder", str(error)) from None
+
+
+def reference_name_error(file_name) -> str | None:
+    """Why `file_name` cannot be a reference image's name, or None: a plain key with an image suffix."""
+    try:
+        check_key(file_name if isinstance(file_name, str) else "")
+    except ValueError as error:
+        return str(error)
+    if Path(file_name).suffix.lower() not in IMAGE_SUFFIXES:
+        return f"must be an image file name ({', '.join(sorted(IMAGE_SUFFIXES))})"
+    return None
 
 
 def reference_images(folder: Path) -> tuple[Path, ...]:
@@ -171,17 +169,14 @@ def find_characters(roots) -> dict[str, Path]:
 
 def write_character(root: Path, folder_name: str, sheet: CharacterSheet, references: dict[str, bytes]) -> Character:
     """Create or update a character folder: the sheet, plus new or replaced reference images by file name."""
-    if not FOLDER_PATTERN.match(folder_name):
-        raise CharacterSheetError("folder", f"letters, digits, '.', '_' or '-', at most 64; got {folder_name!r}")
+    check_folder_name(folder_name)
     folder = Path(root) / folder_name
     (folder / REFERENCES_DIR).mkdir(parents=True, exist_ok=True)
     for file_name, content in references.items():
-        if not FOLDER_PATTERN.match(file_name) or Path(file_name).suffix.lower() not in IMAGE_SUFFIXES:
-            raise CharacterSheetError(f"references.{file_name}", "must be a plain image file name "
-                                      f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+        if reference_name_error(file_name):
+            raise CharacterSheetError(f"references.{file_name}", reference_name_error(file_name))
         (folder / REFERENCES_DIR / file_name).write_bytes(content)
-    data = sheet.as_dict()
-    data["loras"] = [{k: v for k, v in lora.items() if v is not None} for lora in data["loras"]]
+    data = sheet.model_dump(mode="json", exclude_none=True)
     (folder / SHEET_FILE).write_text(yaml.safe_dump({k: v for k, v in data.items() if v not in ("", [], {})},
                                                     sort_keys=False, allow_unicode=True))
     return load_character(folder)

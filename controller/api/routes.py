@@ -1,0 +1,114 @@
+"""Every route of the service, in one table: the handler, who may call it, and the contract models of its body
+and answers. api/app.py registers the handlers from it and api/openapi.py writes /openapi.json from it."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from pydantic import BaseModel
+from shotline.core.characters import CharacterSheet
+
+from shotline_controller.api import assemblies, batches, characters, system, uploads
+from shotline_controller.contract import (
+    Analytics,
+    AssemblyJob,
+    AssemblyJobAccepted,
+    AssemblyList,
+    AssemblyRequest,
+    Backends,
+    Batch,
+    BatchCancelled,
+    BatchCreated,
+    BatchEvent,
+    BatchRequest,
+    BatchShots,
+    CharacterList,
+    CharacterStored,
+    Health,
+    ReviewRequest,
+    ShotDetail,
+    Upload,
+)
+
+JSON, YAML, MULTIPART, BINARY = "application/json", "application/yaml", "multipart/form-data", "*/*"
+EVENT_STREAM, PROMETHEUS = "text/event-stream", "text/plain"
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Callable
+    summary: str
+    answers: dict[int, type[BaseModel] | tuple[str, str]]   # status -> model, or (media type, description)
+    body: dict[str, type[BaseModel] | dict] = field(default_factory=dict)  # media type -> model or JSON schema
+    token: bool = False           # needs `Authorization: Bearer <token>` (every write, and event streams)
+    conflicts: str | None = None  # what a 409 means here
+    description: str = ""
+
+
+_SHOT_PATHS = "/api/v1/shots/{shot_id}"
+_BATCH_PATHS = "/api/v1/batches/{batch_id}"
+
+ROUTES: list[Route] = [
+    Route("GET", "/health", system.health, "liveness", {200: Health}),
+    Route("GET", "/openapi.json", None, "this document", {200: (JSON, "the OpenAPI 3.1 document")}),
+    Route("GET", "/metrics", system.metrics, "Prometheus metrics",
+          {200: (PROMETHEUS, "shots by status, claim and attempt durations, backend queue depth, connected and "
+                             "restarts, verdict pass rates")}),
+    Route("POST", "/api/v1/batches", batches.submit_batch, "submit a shot list", {201: BatchCreated},
+          body={JSON: BatchRequest, YAML: BatchRequest, MULTIPART: {
+              "type": "object", "required": ["shots"],
+              "properties": {"shots": {"type": "string", "description": "the shot list, JSON or YAML"}},
+              "additionalProperties": {"type": "string", "format": "binary",
+                                       "description": "an image a shot names by this part's file name"}}},
+          token=True, description="JSON, a YAML shot-list file as is, or multipart with a `shots` part and the "
+                                  "images the shots name. Every shot is checked before anything is queued."),
+    Route("GET", _BATCH_PATHS, batches.get_batch, "a batch's progress", {200: Batch}),
+    Route("GET", _BATCH_PATHS + "/shots", batches.get_batch_shots, "a batch's shots with score, band and output",
+          {200: BatchShots}),
+    Route("POST", _BATCH_PATHS + "/cancel", batches.cancel_batch, "cancel the shots not yet final",
+          {200: BatchCancelled}, token=True, conflicts="every shot is already final",
+          description="Running prompts are interrupted on their backend."),
+    Route("GET", _BATCH_PATHS + "/events", batches.batch_events, "server-sent events of a batch",
+          {200: BatchEvent}, token=True,
+          description="`event: progress` with the batch (data: BatchEvent) on every change, then `event: done`. "
+                      "503 past the service's cap on open streams."),
+    Route("POST", _BATCH_PATHS + "/assemblies", assemblies.create_assemblies,
+          "queue a job cutting approved shots into scenes (and an episode)", {202: AssemblyJobAccepted},
+          body={JSON: AssemblyRequest}, token=True, conflicts="a scene has no approved shot, or one has no file"),
+    Route("GET", _BATCH_PATHS + "/assemblies", assemblies.list_assemblies, "a batch's assemblies",
+          {200: AssemblyList}),
+    Route("GET", "/api/v1/assembly-jobs/{job_id}", assemblies.get_assembly_job, "an assembly job",
+          {200: AssemblyJob}),
+    Route("GET", _SHOT_PATHS, batches.get_shot, "a shot with every attempt", {200: ShotDetail}),
+    Route("POST", _SHOT_PATHS + "/cancel", batches.cancel_shot, "cancel a shot (its prompt is interrupted)",
+          {200: ShotDetail}, token=True, conflicts="the shot is already final"),
+    Route("POST", _SHOT_PATHS + "/retry", batches.retry_shot, "queue a finished shot again, one attempt more",
+          {200: ShotDetail}, token=True, conflicts="the shot is queued or running"),
+    Route("POST", _SHOT_PATHS + "/review", batches.review_shot, "approve or reject a shot in needs_review",
+          {200: ShotDetail}, body={JSON: ReviewRequest}, token=True, conflicts="the shot is not in needs_review"),
+    Route("GET", "/api/v1/characters", characters.list_characters, "the character library", {200: CharacterList}),
+    Route("PUT", "/api/v1/characters/{folder}", characters.put_character,
+          "create or update a character from its sheet and reference images", {200: CharacterStored},
+          body={MULTIPART: {"type": "object", "required": ["sheet"], "properties": {
+              "sheet": {"description": "the sheet as YAML or JSON text; its fields:",
+                        "contentMediaType": "application/yaml", **{"$ref": "#/components/schemas/CharacterSheet"}},
+              "reference": {"type": "array", "items": {"type": "string", "format": "binary"},
+                            "description": "reference images, named by their file names"}}}},
+          token=True),
+    Route("POST", "/api/v1/uploads", uploads.create_upload,
+          "upload an image (a shot's input) or an audio file (an assembly's music)", {201: Upload},
+          body={BINARY: {"type": "string", "format": "binary"}, MULTIPART: {
+              "type": "object", "required": ["file"],
+              "properties": {"file": {"type": "string", "format": "binary"}}}},
+          token=True, description="Shots and assemblies then name it as `sha256:<hex>`. Stored in PostgreSQL, "
+                                  "so every controller of a farm can use it."),
+    Route("GET", "/api/v1/backends", system.list_backends, "the ComfyUI backends of this controller",
+          {200: Backends}),
+    Route("GET", "/api/v1/analytics", system.analytics, "pass rates per character, approval rates per correction",
+          {200: Analytics}),
+]
+
+# models the document names that no route uses directly
+EXTRA_MODELS = (CharacterSheet,)

@@ -1,0 +1,537 @@
+"""The controller's one typed contract: every input it takes and every answer it gives, as pydantic models.
+
+`shotline render` (shot-list files), the HTTP API (bodies) and the served OpenAPI document (/openapi.json, built
+from these models by api/openapi.py) all use these definitions, so they cannot drift. A refusal always has the
+shape `{"error": message, "field": path}` with paths like `shots[1].seed` (`InputError`).
+
+Text rules (shotline.core.validation): no NUL, no lone surrogate, no control characters (prompts and dialogue may
+hold tab and newline), names and ids match their pattern as a whole string. Numbers are strict: `true` is not 1,
+"5" is not 5, NaN and infinity are refused.
+
+Media a shot or an assembly names is content-addressed: `sha256:<64 hex>` of an upload (POST /api/v1/uploads, or
+a file part of a multipart batch submission). A shot-list file read by the CLI may name a path inside its own
+folder instead; the CLI stores that file as an upload, so any controller on any machine can run the shot.
+"""
+from __future__ import annotations
+
+import re
+import uuid
+import zlib
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+from shotline.core.validation import FreeText, Key, Line, RequiredText, check_text, first_error
+
+from shotline_controller.store.status import AttemptStatus, JobStatus, ShotStatus
+
+DEFAULT_WORKFLOW = "shot_txt2img"
+DEFAULT_SIZE = (512, 512)
+DEFAULT_SCENE = "main"
+DEFAULT_DURATION = 2.0              # seconds a still is held in the cut
+MAX_SHOTS = 10_000
+MAX_SEED = 2**64 - 1                # KSampler's limit
+MAX_FRAMES = 1024
+MAX_DIALOGUE = 2000                 # characters: one line of dialogue, not a script
+PRESET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+MEDIA_REF_PATTERN = r"^sha256:[0-9a-f]{64}$"
+_MEDIA_REF = re.compile(MEDIA_REF_PATTERN[1:-1])
+
+
+class InputError(ValueError):
+    """An input the controller refuses: `field` is the path of the offending value, e.g. `shots[1].seed`.
+
+    Every error class of the controller about a client's input derives from this one, with this argument order."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def validated(model: type[BaseModel], data: Any, prefix: str = ""):
+    """`model` validated from parsed data; InputError naming the first field at fault."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise InputError(*first_error(error, prefix, model)) from None
+
+
+def is_media_ref(value: str) -> bool:
+    return bool(_MEDIA_REF.fullmatch(value))
+
+
+# --- field types -----------------------------------------------------------------------------------------------
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+def _preset_name(value: str) -> str:
+    check_text(value, multiline=False)
+    if not re.fullmatch(PRESET_PATTERN[1:-1], value):
+        raise ValueError("must be a preset name: letters, digits, '_' or '-', at most 64")
+    return value
+
+
+def _file_name(value: str) -> str:
+    """A model file name as ComfyUI lists it (subfolders allowed), never an absolute path or '..'."""
+    check_text(value, multiline=False)
+    if not value.strip() or len(value) > 255 or value.startswith(("/", "\\")) or ".." in re.split(r"[/\\]", value):
+        raise ValueError("must be a file name as ComfyUI lists it (subfolders allowed, no '..', at most 255)")
+    return value
+
+
+def _media_name(value: str) -> str:
+    check_text(value, multiline=False)
+    if not value.strip() or len(value) > 255:
+        raise ValueError("must be sha256:<hex> of an upload, or the name of a file sent with the request")
+    return value
+
+
+def _size(value: Any) -> tuple[int, int]:
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*", value)
+        if not match:
+            raise ValueError("must look like 512x768")
+        width, height = int(match[1]), int(match[2])
+    elif isinstance(value, (list, tuple)) and len(value) == 2:
+        width, height = value
+    elif isinstance(value, dict) and set(value) == {"width", "height"}:
+        width, height = value["width"], value["height"]
+    else:
+        raise ValueError("must be WxH, [W, H] or {width, height}")
+    for side in (width, height):
+        if isinstance(side, bool) or not isinstance(side, int) or not 64 <= side <= 8192 or side % 8:
+            raise ValueError("sides must be whole multiples of 8 (the latent grid) from 64 to 8192")
+    return width, height
+
+
+PresetName = Annotated[str, AfterValidator(_preset_name),
+                       WithJsonSchema({"type": "string", "pattern": PRESET_PATTERN,
+                                       "description": "a preset in workflows/ (or SHOTLINE_PRESETS)"})]
+ModelFile = Annotated[str, AfterValidator(_file_name),
+                      WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 255,
+                                      "description": "a file name as ComfyUI lists it, e.g. sd15/model.safetensors"})]
+MediaName = Annotated[str, AfterValidator(_media_name),
+                      WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 255,
+                                      "description": "sha256:<hex> of an upload, or (in a multipart request) the "
+                                                     "file name of one of its parts"})]
+MediaRef = Annotated[str, Field(pattern=MEDIA_REF_PATTERN)]
+Size = Annotated[tuple[int, int], BeforeValidator(_size),
+                 WithJsonSchema({"description": "WxH, [W, H] or {width, height}: multiples of 8 from 64 to 8192",
+                                 "oneOf": [{"type": "string", "pattern": r"^\s*\d{1,5}\s*[xX]\s*\d{1,5}\s*$"},
+                                           {"type": "array", "items": {"type": "integer"}, "minItems": 2,
+                                            "maxItems": 2},
+                                           {"type": "object", "required": ["width", "height"],
+                                            "additionalProperties": False,
+                                            "properties": {"width": {"type": "integer"},
+                                                           "height": {"type": "integer"}}}]})]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="derived from the shot id when absent")]
+Steps = Annotated[int, Field(ge=1, le=10_000)]
+Cfg = Annotated[float, Field(ge=0, le=100)]
+Duration = Annotated[float, Field(ge=0.2, le=600, description="seconds a still image shot is held in its scene")]
+Frames = Annotated[int, Field(ge=1, le=MAX_FRAMES, description="video presets: frames generated")]
+Fps = Annotated[float, Field(ge=0.1, le=240, description="video presets: frame rate before interpolation")]
+Dialogue = Annotated[FreeText, Field(min_length=1, max_length=MAX_DIALOGUE,
+                                     description="dialogue presets: the line spoken")]
+
+
+# --- shots -----------------------------------------------------------------------------------------------------
+
+class ShotDefaults(Strict):
+    """Shot fields a shot list sets once for every shot (a shot's own value wins)."""
+    workflow: PresetName | None = None
+    prompt: RequiredText | None = None
+    negative: FreeText | None = None
+    seed: Seed | None = None
+    size: Size | None = None
+    steps: Steps | None = None
+    cfg: Cfg | None = None
+    checkpoint: ModelFile | None = None
+    image: MediaName | None = None
+    scene: Key | None = None
+    duration: Duration | None = None
+    frames: Frames | None = None
+    fps: Fps | None = None
+    dialogue: Dialogue | None = None
+
+
+class ShotInput(ShotDefaults):
+    """One shot as a client writes it."""
+    id: Annotated[Key, Field(description="the shot's id in the list (unique within the batch)")]
+    prompt: RequiredText
+
+
+class Shot(Strict):
+    """A shot as it is queued and rendered: defaults applied, the seed fixed, media content-addressed. This is
+    the form stored in `shots.params` and validated again before every attempt (with its correction applied)."""
+    model_config = ConfigDict(frozen=True)
+    id: Key
+    workflow: PresetName = DEFAULT_WORKFLOW
+    prompt: RequiredText
+    negative: FreeText = ""
+    seed: Seed
+    width: Annotated[int, Field(ge=64, le=8192, multiple_of=8)] = DEFAULT_SIZE[0]
+    height: Annotated[int, Field(ge=64, le=8192, multiple_of=8)] = DEFAULT_SIZE[1]
+    steps: Steps | None = None
+    cfg: Cfg | None = None
+    checkpoint: ModelFile | None = None
+    image: MediaRef | None = None
+    scene: Key = DEFAULT_SCENE
+    duration: Duration = DEFAULT_DURATION
+    frames: Frames | None = None
+    fps: Fps | None = None
+    dialogue: Dialogue | None = None
+
+    @classmethod
+    def from_input(cls, shot: ShotInput, image: str | None = None) -> "Shot":
+        """The queued form of `shot`; `image` is its media reference once resolved."""
+        width, height = shot.size or DEFAULT_SIZE
+        values = shot.model_dump(exclude_none=True, exclude={"size", "image"})
+        values.setdefault("seed", zlib.crc32(shot.id.encode()))
+        return cls.model_validate({**values, "width": width, "height": height, "image": image})
+
+    @classmethod
+    def from_record(cls, record: dict, field: str = "shot") -> "Shot":
+        return validated(cls, record, field)
+
+    def as_dict(self) -> dict:
+        return self.model_dump(exclude_none=True)
+
+
+def _merge_defaults(data: Any) -> Any:
+    """`defaults` merged under every shot, before either is validated."""
+    if isinstance(data, list):
+        data = {"shots": data}
+    if isinstance(data, dict) and isinstance(data.get("defaults"), dict) and isinstance(data.get("shots"), list):
+        defaults = {key: value for key, value in data["defaults"].items() if key != "id"}
+        data = {**data, "shots": [{**defaults, **shot} if isinstance(shot, dict) else shot
+                                  for shot in data["shots"]]}
+    return data
+
+
+class ShotList(Strict):
+    """A shot-list file (YAML or JSON): `shots`, optionally `defaults`. A bare list of shots is accepted too."""
+    defaults: ShotDefaults | None = None
+    shots: Annotated[list[ShotInput], Field(min_length=1, max_length=MAX_SHOTS)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge(cls, data: Any) -> Any:
+        return _merge_defaults(data)
+
+
+class BatchRequest(ShotList):
+    """`POST /api/v1/batches`: a shot list and how to run it."""
+    webhook_url: Annotated[Line, Field(max_length=2048)] | None = Field(
+        None, description="POSTed {batch_id, counts, total} when every shot is final, signed with "
+                          "X-Shotline-Signature: sha256=<HMAC of the body>. http(s) only; private, loopback and "
+                          "link-local addresses are refused unless SHOTLINE_WEBHOOK_ALLOW names them")
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
+    priority: Annotated[int, Field(ge=-1_000_000, le=1_000_000, description="higher is claimed first")] = 0
+
+
+def parse_shot_list(data: Any, model: type[ShotList] = ShotList) -> ShotList:
+    """A shot list (or, with `model=BatchRequest`, a batch submission) from its parsed YAML/JSON."""
+    if isinstance(data, dict) and isinstance(data.get("defaults"), dict) and "id" in data["defaults"]:
+        raise InputError("defaults.id", "every shot needs its own id")
+    shot_list = validated(model, data)
+    seen: dict[str, int] = {}
+    for index, shot in enumerate(shot_list.shots):
+        if shot.id in seen:
+            raise InputError(f"shots[{index}].id", f"duplicate of shots[{seen[shot.id]}].id ({shot.id!r})")
+        seen[shot.id] = index
+    return shot_list
+
+
+# --- other requests --------------------------------------------------------------------------------------------
+
+class ReviewRequest(Strict):
+    """A person's decision on a shot in `needs_review`."""
+    decision: Literal["approve", "reject"]
+
+
+class EpisodeRequest(Strict):
+    season: Annotated[int, Field(ge=1, le=99)]
+    number: Annotated[int, Field(ge=1, le=99)]
+    title: Annotated[Line, Field(min_length=1, max_length=200, description="the episode's title (its file name, "
+                                                                          "made safe for every file system)")]
+
+
+def _unique(values: list[str]) -> list[str]:
+    for index, value in enumerate(values):
+        if value in values[:index]:
+            raise ValueError(f"{value!r} is named twice")
+    return values
+
+
+def _even_size(value: Any) -> tuple[int, int]:
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*", value)
+        if not match:
+            raise ValueError("must look like 1280x720")
+        value = (int(match[1]), int(match[2]))
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(
+            isinstance(side, int) and not isinstance(side, bool) and 16 <= side <= 8192 and side % 2 == 0
+            for side in value):
+        raise ValueError("must be WxH with even sides from 16 to 8192 (H.264 4:2:0)")
+    return tuple(value)
+
+
+class AssemblyRequest(Strict):
+    """`POST /api/v1/batches/{id}/assemblies` and `shotline assemble`: which scenes, and how to cut them."""
+    scenes: Annotated[list[Key], Field(min_length=1, max_length=1000), AfterValidator(_unique)] | None = Field(
+        None, description="scene keys to assemble, in the batch's order; leave out for every scene")
+    crossfade_s: Annotated[float, Field(ge=0, le=10)] = 0.5
+    fps: Annotated[float, Field(ge=1, le=240)] | None = None
+    size: Annotated[tuple[int, int], BeforeValidator(_even_size),
+                    WithJsonSchema({"type": "string", "pattern": r"^\s*\d{1,5}\s*[xX]\s*\d{1,5}\s*$",
+                                    "description": "WxH with even sides"})] | None = None
+    music: Annotated[MediaRef, Field(description="sha256:<hex> of an uploaded audio file, ducked under the "
+                                                 "shots' own audio")] | None = None
+    episode: EpisodeRequest | None = None
+
+
+# --- answers ---------------------------------------------------------------------------------------------------
+
+class Answer(BaseModel):
+    """Every response body: documented fields, nothing else."""
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(Answer):
+    error: str
+    field: str | None = Field(None, description="path of the offending value, e.g. shots[1].seed")
+
+
+class Health(Answer):
+    ok: bool
+
+
+class BatchCreated(Answer):
+    batch_id: uuid.UUID
+    shot_ids: list[uuid.UUID]
+
+
+Counts = Annotated[dict[ShotStatus, int], Field(description="shots per status")]
+
+
+class Batch(Answer):
+    id: uuid.UUID
+    source: str
+    webhook_url: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    notified_at: datetime | None
+    counts: Counts
+    total: int
+    done: int
+    finished: bool
+
+
+class BatchCancelled(Batch):
+    cancelled: int = Field(description="shots cancelled by this request")
+
+
+class BatchShot(Answer):
+    id: uuid.UUID
+    shot_key: str
+    status: ShotStatus
+    params: dict[str, Any]
+    max_attempts: int
+    attempts: int
+    score: float | None = Field(description="the latest attempt's verdict score")
+    band: str | None = Field(description="the latest Shot Verdict band: approve, review or reject")
+    output: str | None = Field(description="the latest attempt's first output file (subfolder/name)")
+    error: str | None = Field(description="the latest attempt's error message")
+
+
+class BatchShots(Answer):
+    batch_id: uuid.UUID
+    total: int
+    done: int
+    counts: Counts
+    finished: bool
+    shots: list[BatchShot]
+
+
+class Output(Answer):
+    node_id: str
+    kind: str = Field(description="the ui key ComfyUI reported it under: images, gifs, audio, ...")
+    filename: str
+    subfolder: str
+    type: str = Field(description="ComfyUI's folder type: output, temp or input")
+
+
+class Attempt(Answer):
+    id: uuid.UUID
+    attempt_no: int
+    prompt_id: uuid.UUID
+    backend: str
+    status: AttemptStatus
+    inputs: dict[str, Any] = Field(description="the values filled into the preset")
+    correction: dict[str, Any] | None = Field(description="what this attempt changed and why (the escalation step)")
+    error: dict[str, Any] | None = Field(description="ComfyUI's validation or execution error, as sent")
+    queued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    verdicts: list[dict[str, Any]] = Field(description="every check node's verdict, as the node reported it")
+    outputs: list[Output]
+
+
+class ShotDetail(Answer):
+    id: uuid.UUID
+    batch_id: uuid.UUID
+    shot_key: str
+    workflow: str
+    status: ShotStatus
+    params: dict[str, Any]
+    max_attempts: int
+    created_at: datetime
+    updated_at: datetime
+    attempts: list[Attempt]
+
+
+class Upload(Answer):
+    ref: str = Field(description="what a shot's `image` or an assembly's `music` names: sha256:<hex>")
+    sha256: str
+    media_type: str
+    size_bytes: int
+
+
+class AssemblyJobAccepted(Answer):
+    job_id: uuid.UUID
+    status: JobStatus
+    location: str
+
+
+class AssemblyPart(Answer):
+    position: int
+    shot_id: uuid.UUID | None
+    shot_key: str | None
+    file: str | None
+    scene_assembly_id: uuid.UUID | None
+    scene: str | None
+    start_s: float
+    duration_s: float
+
+
+class Assembly(Answer):
+    id: uuid.UUID
+    batch_id: uuid.UUID
+    kind: Literal["scene", "episode"]
+    scene: str | None
+    season: int | None
+    episode: int | None
+    title: str | None
+    path: str = Field(description="the MP4 (H.264 + AAC) the controller wrote")
+    thumbnail: str
+    duration_s: float
+    frame_count: int
+    fps: float
+    width: int
+    height: int
+    crossfade_s: float
+    music: str | None
+    created_at: datetime
+    parts: list[AssemblyPart]
+
+
+class AssemblyList(Answer):
+    batch_id: uuid.UUID
+    assemblies: list[Assembly]
+
+
+class JobError(Answer):
+    message: str
+    field: str | None = None
+    status: int = Field(description="the HTTP status the same problem gets when asked synchronously")
+
+
+class AssemblyJob(Answer):
+    id: uuid.UUID
+    batch_id: uuid.UUID
+    status: JobStatus
+    request: dict[str, Any]
+    error: JobError | None
+    attempts: int
+    max_attempts: int
+    claimed_by: str | None
+    lease_until: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    assemblies: list[Assembly]
+
+
+class CharacterView(Answer):
+    id: uuid.UUID
+    folder: str
+    name: str
+    style: str
+    sheet: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    reference_count: int
+
+
+class CharacterList(Answer):
+    characters: list[CharacterView]
+
+
+class CharacterStored(Answer):
+    id: uuid.UUID
+    folder: str
+    name: str
+    style: str
+    references: list[str]
+
+
+class BackendView(Answer):
+    base_url: str
+    connected: bool
+    managed: bool = Field(description="started (and restarted when it dies) by this controller")
+    restarts: int = Field(description="times this controller restarted it")
+    queue_remaining: int | None
+    loaded_checkpoint: str | None
+    system_stats: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class Backends(Answer):
+    backends: list[BackendView]
+
+
+class CharacterAnalytics(Answer):
+    character: str
+    attempts: int
+    passed: int
+    pass_rate: float | None
+    mean_score: float | None
+    not_on_screen: int
+
+
+class CorrectionAnalytics(Answer):
+    reason: str
+    corrected_attempts: int
+    led_to_approval: int
+    approval_rate: float
+
+
+class Analytics(Answer):
+    characters: list[CharacterAnalytics]
+    corrections: list[CorrectionAnalytics]
+
+
+class BatchEvent(Batch):
+    """The data of each server-sent event (`event: progress` on every change, then `event: done`)."""
