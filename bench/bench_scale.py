@@ -12,8 +12,9 @@ API; the run ends when every shot has a final status.
 Measured:
 - throughput = shots / (last shot final - submit), as a share of the ideal, backends / prompt_seconds; target >= 0.9
 - claim latency p50/p99 from the controllers' `shotline_claim_duration_seconds` histogram (GET /metrics), "n/a"
-  without it; always also, from the database, each attempt's start minus the latest earlier finish on the same
-  backend (the claim + graph build that separates two prompts on a backend)
+  without it (also after the first 10% of shots, without the first wave of every slot claiming at once); always
+  also, from the database, each attempt's start minus the latest earlier finish on the same backend
+- ramp-up: how long after the submit each backend got its first prompt
 - backend idle time the stub saw: a backend with an empty queue between two prompts waited on the controller
 - connections: the peak of pg_stat_activity for the database (sampled every 0.5 s, the harness's own connection
   included) against max_connections, and "too many clients" refusals in PostgreSQL's log
@@ -47,15 +48,12 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+import psutil
+import psycopg
+from comfy_stub import CHECKPOINT  # bench/, the script's own folder
+from shotline_controller.embedded_postgres import EmbeddedPostgres, public_temp_dir
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import psutil  # noqa: E402
-import psycopg  # noqa: E402
-
-from comfy_stub import CHECKPOINT  # noqa: E402  (bench/, the script's own folder)
-from shotline_controller.embedded_postgres import EmbeddedPostgres, public_temp_dir  # noqa: E402
-
 SHOTLINE = ROOT / ".venv" / "bin" / "shotline"
 STUB = ROOT / "bench" / "comfy_stub.py"
 TOKEN = "bench-scale-token"
@@ -84,6 +82,8 @@ PRESET = {
            "inputs": {"text": "", "clip": ["10", 1]}},
 }
 TARGET_SHARE = 0.9
+IDLE_SETTLE_SECONDS = 5.0  # after connecting, before the idle CPU sample
+EARLY_SHARE = 0.1  # claims before this share of the shots ended include the first wave (every slot at once)
 
 
 def percentile(values, q: float) -> float:
@@ -281,7 +281,8 @@ def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float:
     return lower
 
 
-def claim_metrics(controllers: list[Controller]) -> dict:
+def scrape(controllers: list[Controller]) -> tuple[list[str], list]:
+    """Every controller's /metrics text (those that answered 200), and the status each gave."""
     texts, statuses = [], []
     for controller in controllers:
         try:
@@ -291,18 +292,26 @@ def claim_metrics(controllers: list[Controller]) -> dict:
         statuses.append(status)
         if status == 200:
             texts.append(body.decode(errors="replace"))
+    return texts, statuses
+
+
+def metric_sum(text: str, name: str) -> float:
+    return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:\{{[^}}]*\}})?\s+(\S+)", text, re.MULTILINE))
+
+
+def claim_summary(texts: list[str], earlier: list[str] = ()) -> dict:
+    """Claim latency quantiles from the histograms in `texts`, minus those scraped `earlier` (if given)."""
     buckets = histogram_buckets(texts, CLAIM_HISTOGRAM)
     if not buckets:
-        return {"source": f"no {CLAIM_HISTOGRAM} (GET /metrics: {', '.join(map(str, statuses))})"}
-    sums = [float(m) for text in texts for m in re.findall(rf"^{CLAIM_HISTOGRAM}_sum(?:\{{[^}}]*\}})?\s+(\S+)",
-                                                          text, re.M)]
-    attempts = [sum(float(v) for v in re.findall(r"^shotline_attempts_total(?:\{[^}]*\})?\s+(\S+)", text, re.M))
-                for text in texts]
-    return {"source": f"{CLAIM_HISTOGRAM}, {len(texts)} controller(s)", "count": buckets[-1][1],
-            "p50": histogram_quantile(buckets, 0.5), "p99": histogram_quantile(buckets, 0.99),
-            "mean": sum(sums) / buckets[-1][1] if sums and buckets[-1][1] else float("nan"),
-            "attempts_per_controller": attempts,
-            "p99_over_top": len(buckets) > 1 and 0.99 * buckets[-1][1] > buckets[-2][1]}  # in the +Inf bucket
+        return {}
+    before = dict(histogram_buckets(list(earlier), CLAIM_HISTOGRAM))
+    buckets = [(bound, count - before.get(bound, 0.0)) for bound, count in buckets]
+    total = sum(metric_sum(t, CLAIM_HISTOGRAM + "_sum") for t in texts) - sum(
+        metric_sum(t, CLAIM_HISTOGRAM + "_sum") for t in earlier)
+    count = buckets[-1][1]
+    return {"count": count, "p50": histogram_quantile(buckets, 0.5), "p99": histogram_quantile(buckets, 0.99),
+            "mean": total / count if count else float("nan"),
+            "p99_over_top": len(buckets) > 1 and 0.99 * count > buckets[-2][1]}  # in the +Inf bucket
 
 
 def start_gaps(rows: list[tuple]) -> list[float]:
@@ -314,6 +323,8 @@ def start_gaps(rows: list[tuple]) -> list[float]:
     for attempts in by_backend.values():
         finishes = sorted(f.timestamp() for _, f in attempts if f is not None)
         for started, _ in attempts:
+            if started is None:
+                continue
             index = bisect.bisect_right(finishes, started.timestamp())
             if index:
                 gaps.append(started.timestamp() - finishes[index - 1])
@@ -377,6 +388,7 @@ def run(args, work: Path, results: dict, cleanup: list) -> None:
     stubs = [Stub(n, args.prompt_seconds, work / f"stub{i}.log") for i, n in enumerate(counts) if n]
     for stub in stubs:
         cleanup.append(lambda stub=stub: stop_process(stub.process))
+    results["stubs"] = stubs
     urls = [url for stub in stubs for url in stub.wait_ready()]
 
     db_flag, results["db_flag"] = database_flag()
@@ -405,11 +417,15 @@ def run(args, work: Path, results: dict, cleanup: list) -> None:
                 "stub": sum(cpu_seconds(p) for p in processes["stub"]), "postgres": postgres_cpu(postmaster),
                 "machine": machine_cpu(), "harness": time.process_time(), "at": time.monotonic()}
 
-    # idle controllers: every slot polling an empty queue
+    # idle controllers: every slot polling an empty queue, once their start-up is over
+    time.sleep(IDLE_SETTLE_SECONDS)
     idle_start = cpu_snapshot()
     time.sleep(args.idle_seconds)
     idle_end = cpu_snapshot()
-    results["idle_cpu_cores"] = (idle_end["controllers"] - idle_start["controllers"]) / (idle_end["at"] - idle_start["at"])
+    idle_span = idle_end["at"] - idle_start["at"]
+    results["idle_cpu_cores"] = (idle_end["controllers"] - idle_start["controllers"]) / idle_span
+    results["idle_pg_cores"] = sum(cpu - idle_start["postgres"].get(key, 0.0)
+                                   for key, cpu in idle_end["postgres"].items()) / idle_span
 
     before = cpu_snapshot()
     submitted_wall, submitted = time.time(), time.monotonic()
@@ -435,6 +451,8 @@ def run(args, work: Path, results: dict, cleanup: list) -> None:
         now = time.monotonic()
         if now_done != done:
             done, last_progress = now_done, now
+        if "early_metrics" not in results and done >= args.shots * EARLY_SHARE:
+            results["early_metrics"] = scrape(controllers)[0]  # what follows is the steady state
         if now - last_report >= 10:
             print(f"  {done}/{args.shots} final after {now - submitted:.0f} s, {total} connections", file=sys.stderr)
             last_report = now
@@ -459,7 +477,16 @@ def run(args, work: Path, results: dict, cleanup: list) -> None:
     results["ideal_s"] = ideal_s
     results["attempts"] = len(attempts)
     results["db_gaps"] = start_gaps(attempts)
-    results["claim"] = claim_metrics(controllers)
+    firsts: dict[str, float] = {}
+    for backend, started, _ in attempts:
+        if started is not None:
+            firsts[backend] = min(firsts.get(backend, math.inf), started.timestamp())
+    results["first_prompt_s"] = sorted(first - submitted_wall for first in firsts.values())
+    texts, statuses = scrape(controllers)
+    results["claim"] = {"source": (f"{CLAIM_HISTOGRAM}, {len(texts)} controller(s)" if claim_summary(texts) else
+                                   f"no {CLAIM_HISTOGRAM} (GET /metrics: {', '.join(map(str, statuses))})"),
+                        "all": claim_summary(texts), "steady": claim_summary(texts, results.get("early_metrics", [])),
+                        "attempts_per_controller": [metric_sum(t, "shotline_attempts_total") for t in texts]}
     stats = {}
     for stub in stubs:
         stats.update(stub.stats())
@@ -477,14 +504,6 @@ def run(args, work: Path, results: dict, cleanup: list) -> None:
 
 
 def print_table(args, r: dict) -> None:
-    def get(*keys, default=None):
-        value = r
-        for key in keys:
-            if not isinstance(value, dict) or key not in value:
-                return default
-            value = value[key]
-        return value
-
     def ms(value) -> str:
         return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value * 1000:.1f} ms"
 
@@ -497,25 +516,32 @@ def print_table(args, r: dict) -> None:
             ("throughput, submit to last shot final", f"{rate:.1f} shots/s in {r['wall_s']:.1f} s "
              f"(ideal {ideal_rate:.1f}/s, {r['ideal_s']:.1f} s)", "-"),
             ("share of ideal", f"{rate / ideal_rate:.3f}", f">= {TARGET_SHARE}"),
+            ("best share a perfect controller could reach (whole prompts: the busiest backend runs "
+             f"{math.ceil(args.shots / args.backends)})",
+             f"{r['ideal_s'] / (math.ceil(args.shots / args.backends) * args.prompt_seconds):.3f}", "-"),
             ("share of ideal, first prompt start to last final", f"{r['ideal_s'] / r['run_s']:.3f}", "-"),
             ("submit (POST /api/v1/batches)", f"{r['submit_s']:.2f} s", "-"),
+            ("first prompt on a backend, after the submit began: fastest / median / slowest backend",
+             " / ".join(f"{r['first_prompt_s'][i]:.2f} s" for i in (0, len(r["first_prompt_s"]) // 2, -1)), "-"),
             ("shot statuses", ", ".join(f"{k} {v}" for k, v in sorted(r["statuses"].items()))
              + f" ({r['attempts']} attempts)", f"approved {args.shots}"),
         ]
     claim = r.get("claim") or {}
-    if "p99" in claim:
-        rows.append(("claim latency p50 / p99 (mean), interpolated in the histogram's buckets",
-                     f"{ms(claim['p50'])} / {'> ' if claim['p99_over_top'] else ''}{ms(claim['p99'])} "
-                     f"({ms(claim['mean'])}; {claim['source']}, "
-                     f"{claim['count']:.0f} claims)", "-"))
-        if any(claim["attempts_per_controller"]):
-            rows.append(("attempts ended per controller (shotline_attempts_total)",
-                         ", ".join(f"{n:.0f}" for n in claim["attempts_per_controller"]), "-"))
+    for key, label in (("all", "all claims"), ("steady", f"after the first {EARLY_SHARE:.0%} of shots")):
+        part = claim.get(key)
+        if part:
+            rows.append((f"claim latency p50 / p99 (mean), {label}",
+                         f"{ms(part['p50'])} / {'> ' if part['p99_over_top'] else ''}{ms(part['p99'])} "
+                         f"({ms(part['mean'])}; {part['count']:.0f} claims)", "-"))
+    if claim.get("all"):
+        rows.append(("claim latency source", f"{claim['source']}; quantiles interpolated in its buckets", "-"))
+        rows.append(("attempts ended per controller (shotline_attempts_total)",
+                     ", ".join(f"{n:.0f}" for n in claim["attempts_per_controller"]), "-"))
     elif claim:
         rows.append(("claim latency p50 / p99 (histogram)", f"n/a: {claim['source']}", "-"))
     gaps = r.get("db_gaps")
     if gaps:
-        rows.append(("finish -> next attempt start on a backend, DB (claim + build), p50 / p99 / max",
+        rows.append(("an attempt's finish -> the next attempt's start on that backend (DB), p50 / p99 / max",
                      f"{ms(statistics.median(gaps))} / {ms(percentile(gaps, 99))} / {ms(max(gaps))}", "-"))
     stats = r.get("stub_stats")
     if stats:
@@ -545,7 +571,8 @@ def print_table(args, r: dict) -> None:
             ("controller CPU per shot (all controllers)", f"{cpu['controllers_s'] / args.shots * 1000:.2f} ms "
              f"({cpu['controllers_s']:.1f} s, {cpu['controllers_s'] / span:.2f} cores; per controller "
              + ", ".join(f"{s:.1f}" for s in r["per_controller_s"]) + " s since start)", "-"),
-            ("controllers idle (queue empty), all slots polling", f"{r['idle_cpu_cores']:.2f} cores", "-"),
+            ("idle, queue empty (all slots polling): controllers / PostgreSQL",
+             f"{r['idle_cpu_cores']:.2f} / {r['idle_pg_cores']:.2f} cores", "-"),
             ("stub CPU", f"{cpu['stub_s']:.1f} s ({cpu['stub_s'] / span:.2f} cores, "
              f"{cpu['stub_s'] / args.shots * 1000:.2f} ms/prompt; {args.stub_processes} process(es))", "-"),
             ("PostgreSQL CPU", f"{cpu['postgres_s']:.1f} s ({cpu['postgres_s'] / span:.2f} cores, "
@@ -557,7 +584,8 @@ def print_table(args, r: dict) -> None:
              f"{cpu['load_end'][0]:.2f}", "-"),
         ]
     elif "idle_cpu_cores" in r:
-        rows.append(("controllers idle (queue empty), all slots polling", f"{r['idle_cpu_cores']:.2f} cores", "-"))
+        rows.append(("idle, queue empty (all slots polling): controllers / PostgreSQL",
+                     f"{r['idle_cpu_cores']:.2f} / {r['idle_pg_cores']:.2f} cores", "-"))
     print(f"\n{args.backends} backends x {args.controllers} controllers ({args.assign} backends each) x "
           f"{args.shots} shots, prompt {args.prompt_seconds:g} s, slots {args.slots}\n")
     print("| metric | measured | target |\n| --- | --- | --- |")
@@ -579,8 +607,8 @@ def verdict(args, r: dict) -> str:
     share = args.shots / r["wall_s"] / (args.backends / args.prompt_seconds)
     approved = r["statuses"].get("approved", 0)
     peak = r["peak"]["connections"]
-    claim = r.get("claim", {})
-    p99 = f"{claim['p99'] * 1000:.1f} ms" if "p99" in claim else "n/a"
+    claim = r.get("claim", {}).get("all")
+    p99 = f"{claim['p99'] * 1000:.1f} ms" if claim else "n/a"
     return (f"verdict: throughput {share:.3f} of ideal ({'meets' if share >= TARGET_SHARE else 'MISSES'} the "
             f">= {TARGET_SHARE} target); p99 claim {p99}; peak {peak} of {r['max_connections']} connections"
             f"{' (LIMIT REACHED)' if peak >= r['max_connections'] - r['reserved'] else ''}; "
@@ -596,6 +624,16 @@ def report_failure(r: dict, error: Exception) -> None:
         for count, line in log_problems(controller.log_path):
             print(f"  {count:6d} x {line}", file=sys.stderr)
         print(f"--- last lines:\n{log_tail(controller.log_path)}\n", file=sys.stderr)
+    stubs = r.get("stubs", [])
+    try:
+        stats = {port: backend for stub in stubs for port, backend in stub.stats().items()}
+    except (OSError, ValueError) as failure:
+        stats = {}
+        print(f"--- the stub did not answer: {failure}", file=sys.stderr)
+    if stats:
+        print(f"--- stub: {sum(b['prompts'] for b in stats.values())} prompts run, "
+              f"{sum(b['queued'] for b in stats.values())} queued or running now, websockets per backend "
+              f"{sorted({b['clients'] for b in stats.values()})}\n", file=sys.stderr)
     if r.get("pg_log"):
         print(f"--- PostgreSQL log ({count_refusals(r)} 'too many clients'), last lines:\n{log_tail(r['pg_log'], 10)}\n",
               file=sys.stderr)
@@ -613,7 +651,7 @@ def main() -> int:
     parser.add_argument("--assign", choices=("all", "split"), default="all",
                         help="every controller drives every backend (all) or a 1/C share of them (split)")
     parser.add_argument("--stub-processes", type=int, default=1, help="processes the backends are spread over")
-    parser.add_argument("--idle-seconds", type=float, default=3.0, help="idle CPU sample before the submit")
+    parser.add_argument("--idle-seconds", type=float, default=5.0, help="idle CPU sample before the submit")
     parser.add_argument("--stall-seconds", type=float, default=60.0, help="fail when no shot ends for this long")
     parser.add_argument("--timeout", type=float, help="fail after this long (default 3 x ideal + 120 s)")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (logs, database) and say where")

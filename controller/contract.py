@@ -142,8 +142,9 @@ Cfg = Annotated[float, Field(ge=0, le=100)]
 Duration = Annotated[float, Field(ge=0.2, le=600, description="seconds a still image shot is held in its scene")]
 Frames = Annotated[int, Field(ge=1, le=MAX_FRAMES, description="video presets: frames generated")]
 Fps = Annotated[float, Field(ge=0.1, le=240, description="video presets: frame rate before interpolation")]
-Dialogue = Annotated[FreeText, Field(min_length=1, max_length=MAX_DIALOGUE,
-                                     description="dialogue presets: the line spoken")]
+Dialogue = Annotated[RequiredText, Field(max_length=MAX_DIALOGUE),
+                     WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_DIALOGUE,
+                                     "description": "dialogue presets: the line spoken"})]
 
 
 # --- shots -----------------------------------------------------------------------------------------------------
@@ -535,3 +536,8 @@ class Analytics(Answer):
 
 class BatchEvent(Batch):
     """The data of each server-sent event (`event: progress` on every change, then `event: done`)."""
+
+
+def shots_of(data: Any) -> list[Shot]:
+    """The queued form of a parsed shot list that names no media (tests, benchmarks, examples)."""
+    return [Shot.from_input(shot) for shot in parse_shot_list(data).shots]

@@ -121,7 +121,7 @@ class Dispatcher:
     async def _lease_round(self) -> None:
         held = set(self.held)
         kept = await self.store.renew(self.worker, held, self.lease_seconds)
-        lost = held - kept
+        lost = (held - kept) & set(self.held)  # a shot that ended during the renewal was not lost
         if lost:
             for shot_id in await self.store.cancelled_among(lost):
                 await self._interrupt(shot_id)

@@ -53,16 +53,21 @@ async def until(predicate, timeout: float, what: str) -> None:
 
 
 def test_a_killed_comfyui_is_restarted_on_its_port(make_server, caplog):
+    """...and a backend watching it says once that it went away and once that it is back."""
     caplog.set_level(logging.INFO, logger="shotline")
     server = make_server()
 
     async def main():
-        async with ComfySupervisor(server, min_backoff=0.5) as supervisor:
+        async with ComfySupervisor(server, min_backoff=0.5) as supervisor, aiohttp.ClientSession() as session:
+            backend = ComfyBackend(server.url, session)
+            await backend.start()
             first = server.process
             first.send_signal(signal.SIGKILL)
             await until(lambda: supervisor.restarts == 1, 120, "ComfyUI was not restarted")
             assert supervisor.running and server.process is not first and supervisor.url == server.url
             assert await asyncio.to_thread(answers, server.url)
+            assert await backend.wait_connected(timeout=30)
+            await backend.close()
             return supervisor.status()
 
     status = asyncio.run(main())
@@ -71,6 +76,10 @@ def test_a_killed_comfyui_is_restarted_on_its_port(make_server, caplog):
     [warning] = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "shotline.comfy.server"]
     assert "exited with code -9" in warning.getMessage() and server.url in warning.getMessage()
     assert "shotline: restarting ComfyUI" in server.log_text()  # the crashed run's log is kept above
+    backend_log = [(r.levelno, r.getMessage().split(" (")[0]) for r in caplog.records if r.name == "shotline.comfy"]
+    assert backend_log == [(logging.INFO, f"ComfyUI at {server.url} connected"),
+                           (logging.WARNING, f"ComfyUI at {server.url} became unreachable"),
+                           (logging.INFO, f"ComfyUI at {server.url} is back")], backend_log
 
 
 def test_stopping_the_supervisor_stops_comfyui_for_good(make_server):

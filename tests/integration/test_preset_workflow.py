@@ -8,7 +8,7 @@ from PIL import Image
 
 from shotline_controller.comfy.presets import fill_preset, load_preset, preset_path
 from shotline_controller.settings import RANDOM_CHECKPOINT_NAME
-from shotline_controller.shot_list import parse_shot_list
+from shotline_controller.contract import shots_of
 
 pytestmark = pytest.mark.integration
 PRESETS = sorted(path.stem for path in preset_path("x").parent.glob("*.json"))
@@ -23,7 +23,7 @@ def test_api_format_is_the_editor_format_converted(comfy, name):
 def test_preset_renders_with_random_checkpoint(comfy, comfy_server):
     assert RANDOM_CHECKPOINT_NAME in comfy.get("/object_info/CheckpointLoaderSimple")[
         "CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
-    shot = parse_shot_list([{"id": "p1", "prompt": "a red scarf", "size": "128x96", "steps": 2, "seed": 3}])[0]
+    shot = shots_of([{"id": "p1", "prompt": "a red scarf", "size": "128x96", "steps": 2, "seed": 3}])[0]
     graph, _ = fill_preset(load_preset("shot_txt2img"), shot, RANDOM_CHECKPOINT_NAME, "tests/preset")
     entry = comfy.run(graph)
     assert entry["status"]["status_str"] == "success", entry["status"]
@@ -38,7 +38,7 @@ def test_preset_renders_with_random_checkpoint(comfy, comfy_server):
 
 def test_video_preset_renders_a_speaking_mp4_and_its_last_frame(comfy, comfy_server):
     from shotline.core.video_encode import probe_media
-    shot = parse_shot_list([{"id": "v1", "prompt": "a red scarf", "size": "64x64", "steps": 1, "seed": 3,
+    shot = shots_of([{"id": "v1", "prompt": "a red scarf", "size": "64x64", "steps": 1, "seed": 3,
                              "frames": 4, "fps": 6, "dialogue": "Hello there.", "workflow": "shot_video_dialogue"}])[0]
     graph, _ = fill_preset(load_preset("shot_video_dialogue"), shot, RANDOM_CHECKPOINT_NAME, "tests/video")
     entry = comfy.run(graph, timeout=300)

@@ -1,76 +1,185 @@
-"""Migrations and records against a real PostgreSQL."""
+"""The store against a real PostgreSQL: migrations, the one status enum, claims that open attempts, finishes that
+record everything in one statement, the lease queue shared by shots and assembly jobs, notifications."""
 import asyncio
+import re
+import uuid
 
 import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from shotline_controller.shot_list import parse_shot_list
-from shotline_controller.store.shots import ShotQueue
-from shotline_controller.store.attempts import MIGRATIONS_DIR, ShotStore, apply_migrations
+from shotline_controller.contract import shots_of
+from shotline_controller.store.assemblies import AssemblyStore
+from shotline_controller.store.migrations import MIGRATIONS_DIR, apply_migrations
+from shotline_controller.store.notifications import Notifications, StreamLimit
+from shotline_controller.store.shots import ShotStore
+from shotline_controller.store.status import AttemptStatus, JobStatus, ShotStatus
 
 pytestmark = pytest.mark.integration
 
 
-async def with_pool(url, work):
-    async with AsyncConnectionPool(url, min_size=1, max_size=4, open=False) as pool:
-        return await work(pool)
+def run(url, work):
+    async def main():
+        async with AsyncConnectionPool(url, min_size=1, max_size=4, open=False) as pool:
+            await apply_migrations(pool)
+            return await work(pool)
+    return asyncio.run(main())
+
+
+async def rows(pool, sql, params=()):
+    async with pool.connection() as conn:
+        return await (await conn.execute(sql, params)).fetchall()
 
 
 def test_migrations_apply_once_even_when_controllers_start_together(database_url):
     async def start_three(pool):
         return await asyncio.gather(*(apply_migrations(pool) for _ in range(3)))
-    results = asyncio.run(with_pool(database_url, start_three))
-    all_migrations = sorted(path.name for path in MIGRATIONS_DIR.glob("*.sql"))
-    assert sorted(name for applied in results for name in applied) == all_migrations
-    assert asyncio.run(with_pool(database_url, apply_migrations)) == []
-    with psycopg.connect(database_url) as conn:
-        tables = {row[0] for row in conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")}
-    assert {"batches", "shots", "attempts", "outputs", "verdicts", "schema_migrations"} <= tables
+
+    async def main():
+        async with AsyncConnectionPool(database_url, min_size=1, max_size=4, open=False) as pool:
+            return await start_three(pool), await apply_migrations(pool)
+    results, again = asyncio.run(main())
+    assert sorted(name for applied in results for name in applied) == sorted(
+        path.name for path in MIGRATIONS_DIR.glob("*.sql"))
+    assert again == []
 
 
-def test_attempt_numbers_and_constraints(database_url):
-    shots = parse_shot_list([{"id": "a", "prompt": "x"}])
-
+def test_the_status_enums_are_the_databases_own(database_url):
+    """One spelling of every status: the enums must list exactly what the CHECK constraints allow."""
     async def work(pool):
-        await apply_migrations(pool)
-        store = ShotStore(pool)
-        _, [shot_id] = await ShotQueue(pool).submit_batch(shots, "test")
-        first = await store.start_attempt(shot_id, "00000000-0000-0000-0000-000000000001", "http://b", {})
-        await store.finish_attempt(first, shot_id, "failed", [], [], error={"exception_message": "boom"})
-        second = await store.start_attempt(shot_id, "00000000-0000-0000-0000-000000000002", "http://b", {})
-        with pytest.raises(psycopg.errors.UniqueViolation):  # a prompt_id is recorded once, ever
-            await store.start_attempt(shot_id, "00000000-0000-0000-0000-000000000002", "http://b", {})
-        with pytest.raises(psycopg.errors.CheckViolation):  # a score outside 0..1 is refused
-            await store.finish_attempt(second, shot_id, "approved", [], [
-                {"node_id": "1", "check": "quality", "score": 1.5, "passed": True}])
-        async with pool.connection() as conn:
-            return await (await conn.execute(
-                "SELECT attempt_no, status FROM attempts WHERE shot_id = %s ORDER BY attempt_no",
-                (shot_id,))).fetchall()
-
-    assert asyncio.run(with_pool(database_url, work)) == [(1, "failed"), (2, "running")]
+        return dict(await rows(pool, "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint "
+                                     "WHERE conname IN ('shots_status_check', 'attempts_status_check', "
+                                     "'assembly_jobs_status_check')"))
+    checks = run(database_url, work)
+    for table, enum in (("shots", ShotStatus), ("attempts", AttemptStatus), ("assembly_jobs", JobStatus)):
+        assert set(re.findall(r"'(\w+)'", checks[table])) == {status.value for status in enum}, table
 
 
-def test_identity_verdicts_are_kept_per_character(database_url):
-    shots = parse_shot_list([{"id": "a", "prompt": "x"}])
+def test_a_claim_opens_the_attempt_and_a_finish_records_everything_once(database_url):
     identity = {"node_id": "7", "check": "identity", "score": 0.62, "passed": False,
                 "reasons": ["low identity: Ren 0.62 < 0.75"],
                 "characters": {"Aiko": {"score": 0.91, "threshold": 0.8, "passed": True},
                                "Ren": {"score": 0.62, "threshold": 0.75, "passed": False},
                                "Kai": {"score": None, "threshold": 0.75, "passed": False}}}
+    outputs = [{"node_id": "9", "kind": "images", "filename": "a.png", "subfolder": "s", "type": "output"}]
 
     async def work(pool):
-        await apply_migrations(pool)
         store = ShotStore(pool)
-        _, [shot_id] = await ShotQueue(pool).submit_batch(shots, "test")
-        attempt = await store.start_attempt(shot_id, "00000000-0000-0000-0000-00000000000a", "http://b", {})
-        await store.finish_attempt(attempt, shot_id, "needs_review", [], [identity])
-        async with pool.connection() as conn:
-            return await (await conn.execute(
-                "SELECT character_name, score, threshold, passed FROM character_scores ORDER BY character_name"
-            )).fetchall()
+        batch_id, [shot_id] = await store.submit_batch(shots_of([{"id": "a", "prompt": "x"}]), "test",
+                                                       max_attempts=2)
+        claimed = await store.claim("w1", 30, "http://b1")
+        assert (claimed.id, claimed.attempts, claimed.last_attempt) == (shot_id, 0, None)
+        assert claimed.attempt_id is not None and claimed.prompt_id is not None
+        assert await store.claim("w2", 30, "http://b1") is None  # nothing else queued
+        retry = {"params": {"seed": 9}, "correction": {"changes": {"seed": 9}, "reason": "low identity"}}
+        assert await store.finish_attempt(claimed.attempt_id, ShotStatus.REJECTED, outputs=outputs,
+                                          verdicts=[identity], inputs={"Sampler.seed": 1}, retry=retry)
+        # a second finish of the same attempt (another controller following the prompt) records nothing
+        assert not await store.finish_attempt(claimed.attempt_id, ShotStatus.APPROVED, outputs=outputs)
+        again = await store.claim("w2", 30, "http://b2")
+        assert (again.attempts, again.params["seed"], again.correction["reason"]) == (1, 9, "low identity")
+        assert await store.finish_attempt(again.attempt_id, ShotStatus.APPROVED)
+        assert await store.claim("w2", 30, "http://b2") is None
+        return (batch_id, await rows(pool, "SELECT attempt_no, status, backend, inputs, correction->>'reason' "
+                                           "FROM attempts ORDER BY attempt_no"),
+                await rows(pool, "SELECT character_name, score, threshold, passed FROM character_scores "
+                                 "ORDER BY character_name"),
+                await rows(pool, "SELECT count(*) FROM outputs"), await store.shot(shot_id),
+                await store.batch(batch_id))
 
-    assert asyncio.run(with_pool(database_url, work)) == [
-        ("Aiko", 0.91, 0.8, True), ("Kai", None, 0.75, False), ("Ren", 0.62, 0.75, False)]
+    batch_id, attempts, scores, [(output_count,)], shot, batch = run(database_url, work)
+    assert attempts == [(1, "succeeded", "http://b1", {"Sampler.seed": 1}, None),
+                        (2, "succeeded", "http://b2", {}, "low identity")]
+    assert scores == [("Aiko", 0.91, 0.8, True), ("Kai", None, 0.75, False), ("Ren", 0.62, 0.75, False)]
+    assert output_count == 1 and shot["status"] == "approved"
+    assert (batch["counts"], batch["done"], batch["finished"]) == ({"approved": 1}, 1, True)
+
+
+def test_constraints_hold(database_url):
+    async def work(pool):
+        store = ShotStore(pool)
+        _, [shot_id] = await store.submit_batch(shots_of([{"id": "a", "prompt": "x"}]), "test")
+        claimed = await store.claim("w1", 30, "http://b")
+        with pytest.raises(psycopg.errors.CheckViolation):  # a score outside 0..1 is refused
+            await store.finish_attempt(claimed.attempt_id, ShotStatus.APPROVED,
+                                       verdicts=[{"node_id": "1", "check": "quality", "score": 1.5, "passed": True}])
+        # the statement failed as a whole: the attempt is still open, the shot still running
+        return await rows(pool, "SELECT a.status, s.status FROM attempts a JOIN shots s ON s.id = a.shot_id")
+    assert run(database_url, work) == [("running", "running")]
+
+
+def test_attempts_run_out_and_a_reconciled_attempt_is_not_reopened(database_url):
+    async def work(pool):
+        store = ShotStore(pool)
+        await store.submit_batch(shots_of([{"id": "a", "prompt": "x"}]), "test", max_attempts=1)
+        first = await store.claim("w1", 30, "http://b")
+        await store.release("w1", [first.id])  # a controller stopping while the prompt runs
+        second = await store.claim("w2", 30, "http://b")
+        # the open attempt is followed, not replaced
+        assert second.attempt_id is None and str(second.last_attempt["id"]) == str(first.attempt_id)
+        await store.finish_attempt(uuid.UUID(str(second.last_attempt["id"])), ShotStatus.QUEUED,
+                                   attempt_status=AttemptStatus.LOST, error={"exception_message": "lost"})
+        third = await store.claim("w3", 30, "http://b")  # the lost attempt does not count
+        assert third.attempt_id is not None and third.attempts == 0
+        await store.finish_attempt(third.attempt_id, ShotStatus.FAILED, error={"exception_message": "boom"})
+        return await rows(pool, "SELECT attempt_no, status FROM attempts ORDER BY attempt_no")
+    assert run(database_url, work) == [(1, "lost"), (2, "failed")]
+
+
+def test_checkpoint_affinity_and_priority_order(database_url):
+    async def work(pool):
+        store = ShotStore(pool)
+        await store.submit_batch(shots_of([{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "x",
+                                                                      "checkpoint": "m2.safetensors"}]), "test")
+        await store.submit_batch(shots_of([{"id": "urgent", "prompt": "x"}]), "test", priority=5)
+        order = [(await store.claim("w", 30, "http://b", "m2.safetensors")).shot_key]
+        order += [(await store.claim("w", 30, "http://b")).shot_key for _ in range(2)]
+        return order
+    assert run(database_url, work) == ["b", "urgent", "a"]
+
+
+def test_one_lease_queue_for_shots_and_assembly_jobs(database_url, tmp_path):
+    async def work(pool):
+        shots, jobs = ShotStore(pool), AssemblyStore(pool)
+        batch_id, [shot_id] = await shots.submit_batch(shots_of([{"id": "a", "prompt": "x"}]), "test")
+        job = await jobs.create_job(batch_id, {}, tmp_path, tmp_path, max_attempts=2)
+        claimed_shot, claimed_job = await shots.claim("w1", 0.1, "http://b"), await jobs.claim_job("w1", 0.1)
+        assert (claimed_shot.id, claimed_job.id, claimed_job.attempts) == (shot_id, job.id, 1)
+        assert await shots.renew("w2", [shot_id], 30) == set()  # only the holder renews
+        assert not await jobs.renew_job(job.id, "w2")
+        await asyncio.sleep(0.3)  # both leases lapse: their controller died
+        assert await shots.reclaim_lapsed() == 1 and await jobs.reclaim_lapsed_jobs() == 1
+        again = await jobs.claim_job("w2", 0.1)
+        await asyncio.sleep(0.3)
+        assert await jobs.reclaim_lapsed_jobs() == 1  # used both its attempts: failed, with why
+        return (await shots.shot(shot_id))["status"], await jobs.job(job.id), again.attempts
+    shot_status, job, attempts = run(database_url, work)
+    assert shot_status == "queued" and attempts == 2
+    assert job["status"] == "failed" and "stopped before it finished, 2 time(s)" in job["error"]["message"]
+
+
+def test_transitions_and_their_notifications(database_url):
+    async def work(pool):
+        store = ShotStore(pool)
+        hub = Notifications.for_pool(pool, max_streams=1)
+        await hub.start()
+        while not hub.connected:
+            await asyncio.sleep(0.05)
+        try:
+            with hub.subscribe("queued") as queued, hub.subscribe("cancelled") as cancelled:
+                batch_id, (a, b) = await store.submit_batch(shots_of([{"id": "a", "prompt": "x"},
+                                                                      {"id": "b", "prompt": "y"}]), "test")
+                await asyncio.wait_for(queued.wait(), 5)
+                with hub.stream(batch_id) as changed:
+                    with pytest.raises(StreamLimit):
+                        with hub.stream(batch_id):
+                            pass
+                    assert await store.cancel_shot(a) and not await store.cancel_shot(a)
+                    await asyncio.wait_for(cancelled.wait(), 5)
+                    await asyncio.wait_for(changed.wait(), 5)
+                assert not await store.review_shot(b, approve=True)  # only needs_review can be reviewed
+                assert await store.retry_shot(a) and not await store.retry_shot(b)
+                return (await store.shot(a))["status"], (await store.shot(a))["max_attempts"], hub.streams
+        finally:
+            await hub.stop()
+    assert run(database_url, work) == ("queued", 4, 0)

@@ -13,7 +13,7 @@ from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
 
 from shotline_controller.comfy.presets import fill_preset, load_preset, nodes_titled
 from shotline_controller.settings import RANDOM_CHECKPOINT_NAME
-from shotline_controller.shot_list import parse_shot_list
+from shotline_controller.contract import shots_of
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,7 @@ def test_preset_upscales_with_a_users_pth_model(comfy, comfy_server):
     torch.manual_seed(0)
     model = SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=16, num_conv=4, upscale=2)
     torch.save(model.state_dict(), Path(comfy_server.upscale_models_dir) / "tiny-compact-x2.pth")
-    shot = parse_shot_list([{"id": "u1", "prompt": "a red scarf", "size": "96x64", "steps": 2, "seed": 5,
+    shot = shots_of([{"id": "u1", "prompt": "a red scarf", "size": "96x64", "steps": 2, "seed": 5,
                              "workflow": "shot_txt2img_upscaled"}])[0]
     graph, _ = fill_preset(load_preset("shot_txt2img_upscaled"), shot, RANDOM_CHECKPOINT_NAME, "tests/upscaled")
     [loader] = nodes_titled(graph, "Upscale Model")
@@ -38,7 +38,7 @@ def test_preset_upscales_with_a_users_pth_model(comfy, comfy_server):
 
 def test_preset_names_a_missing_upscaler(comfy):
     # ComfyUI 0.3.75 does not check V3 combo values before queueing, so the loader's own error names the file
-    shot = parse_shot_list([{"id": "u2", "prompt": "a red scarf", "size": "64x64", "steps": 1,
+    shot = shots_of([{"id": "u2", "prompt": "a red scarf", "size": "64x64", "steps": 1,
                              "workflow": "shot_txt2img_upscaled"}])[0]
     graph, _ = fill_preset(load_preset("shot_txt2img_upscaled"), shot, RANDOM_CHECKPOINT_NAME, "tests/upscaled")
     entry = comfy.run(graph)

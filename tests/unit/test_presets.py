@@ -1,11 +1,11 @@
 import pytest
 
 from shotline_controller.comfy.presets import PresetError, fill_preset, load_preset
-from shotline_controller.shot_list import parse_shot_list
+from shotline_controller.contract import Shot, parse_shot_list
 
 
 def shot(**fields):
-    return parse_shot_list([{"id": "s1", "prompt": "a red scarf", **fields}])[0]
+    return Shot.from_input(parse_shot_list([{"id": "s1", "prompt": "a red scarf", **fields}]).shots[0])
 
 
 def test_shot_values_land_in_titled_nodes():
