@@ -52,24 +52,57 @@ from shotline_controller.webhook_policy import WebhookPolicy
 from shotline_controller.workers.runner import Workers
 
 log = logging.getLogger("shotline")
-UNUSABLE = (PresetError, RenderError, ComfyStartError, ComfyUnavailable, EmbeddedPostgresError, SettingsError,
-            psycopg.OperationalError, PoolTimeout, aiohttp.ClientError)
 
 
 class ServiceError(RuntimeError):
     """A `shotline serve` refused a request or could not be reached."""
 
 
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be reached: one line saying where and why (never the URL's password)."""
+
+
+async def _first_connection(url: str, wait_seconds: float) -> None:
+    """One plain connection before the pool opens, so a database that is not there is one clear line at once (a
+    pool retries for its whole timeout, logging each try, and then says only that it timed out).
+    `wait_seconds`: keep trying that long (a service started beside its database)."""
+    deadline, warned = time.monotonic() + wait_seconds, False
+    while True:
+        try:
+            connection = await psycopg.AsyncConnection.connect(url, connect_timeout=10)
+        except psycopg.OperationalError as error:
+            reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+            if time.monotonic() >= deadline:
+                raise DatabaseUnavailable(f"cannot connect to the database: {reason}") from None
+            if not warned:
+                log.warning("the database is not reachable (%s); retrying for %.0f s", reason, wait_seconds)
+                warned = True
+            await asyncio.sleep(1.0)
+            continue
+        await connection.close()
+        return
+
+
+UNUSABLE = (PresetError, RenderError, ComfyStartError, ComfyUnavailable, EmbeddedPostgresError, SettingsError,
+            DatabaseUnavailable, psycopg.OperationalError, PoolTimeout, aiohttp.ClientError)
+
+
 @asynccontextmanager
-async def open_database(settings: Settings, max_connections: int = 4):
-    """A pool on DATABASE_URL, or on the embedded server (started if needed, stopped again if this started it)."""
+async def open_database(settings: Settings, max_connections: int = 4, wait_seconds: float = 0.0):
+    """A pool on DATABASE_URL, or on the embedded server (started if needed, stopped again if this started it).
+    A DATABASE_URL that cannot be reached within `wait_seconds` raises DatabaseUnavailable."""
     server, started_here = None, False
     url = settings.database_url
     if not url:
         server = EmbeddedPostgres(settings.postgres_data_dir)
         started_here = await asyncio.to_thread(server.start)
         url = server.url
-    pool = AsyncConnectionPool(url, min_size=1, max_size=max_connections, open=False, timeout=30)
+    else:
+        await _first_connection(url, wait_seconds)
+    # autocommit: a statement is its own transaction (one round trip, not two); what must be atomic and is more
+    # than one statement says so with conn.transaction()
+    pool = AsyncConnectionPool(url, min_size=1, max_size=max_connections, open=False, timeout=30,
+                               kwargs={"autocommit": True})
     try:
         await pool.open(wait=True, timeout=30)
         await apply_migrations(pool)
@@ -219,7 +252,7 @@ async def serve_command(args) -> int:
         print(f"new API token (kept in {settings.state_dir / 'service_token'}): {token}", flush=True)
     async with AsyncExitStack() as stack:
         # requests and workers borrow connections for milliseconds: a small pool serves many backends
-        pool = await stack.enter_async_context(open_database(settings, args.db_connections))
+        pool = await stack.enter_async_context(open_database(settings, args.db_connections, wait_seconds=30))
         session = await stack.enter_async_context(aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)))
         urls, supervisors = list(args.comfy or []), {}

@@ -1,8 +1,11 @@
-"""One ComfyUI server: queue prompts, follow them on one shared websocket, read results from /history.
+"""One ComfyUI server: queue prompts, follow them on one shared websocket, read results from it or /history.
 
-The websocket only tells us *when* to look: every result is read from /history. When the socket drops or stays
-silent, every pending prompt is reconciled against /history and /queue; a prompt the server no longer knows
-(it restarted and lost its in-memory history) fails with PromptLost, so the caller can queue it again.
+A prompt whose whole run the websocket saw (execution_start, the `executed` outputs, its end message, then
+`executing` with no node) is settled from those messages: they carry what /history would, and reading /history
+for every prompt was a third of the controller's cost per shot. Any other prompt is read from /history: one
+that started before this connection opened, and every pending prompt when the socket drops or stays silent,
+reconciled against /history and /queue; a prompt the server no longer knows (it restarted and lost its in-memory
+history) fails with PromptLost, so the caller can queue it again.
 Our prompt_id (a UUID we choose) is the idempotency key: a prompt is never submitted twice under one id.
 A backend that is down is retried for ever with backoff: `connected` is False meanwhile and callers wait on
 `wait_connected()`.
@@ -21,7 +24,18 @@ log = logging.getLogger("shotline.comfy")
 
 # ComfyUI sends `json.dumps({"type": ..., "data": ...})`: the type can be read off the start of the text.
 _IGNORED_PREFIX = '{"type": "'
-_WANTED_PREFIXES = ('{"type": "executing"', '{"type": "status"')
+_WANTED_PREFIXES = ('{"type": "executing"', '{"type": "status"', '{"type": "execution_start"',
+                    '{"type": "executed"', '{"type": "execution_success"', '{"type": "execution_error"',
+                    '{"type": "execution_interrupted"')
+_ENDINGS = {"execution_success": "success", "execution_error": "error", "execution_interrupted": "error"}
+
+
+@dataclass
+class _Watched:
+    """What this websocket connection saw of one of our prompts since its execution_start."""
+    started_ms: int | None
+    outputs: dict = field(default_factory=dict)
+    ending: tuple[str, dict] | None = None   # (kind, data) of its end message
 
 
 class ComfyUnavailable(RuntimeError):
@@ -97,6 +111,7 @@ class ComfyBackend:
         self.loaded_checkpoint: str | None = None  # the last checkpoint a prompt of ours used here
         self._pending: dict[str, asyncio.Future] = {}
         self._interrupted: set[str] = set()  # prompts of ours interrupt() stopped, still pending
+        self._watched: dict[str, _Watched] = {}  # prompts whose run this connection saw from its start
         self._tasks: set[asyncio.Task] = set()  # reconciliations in flight, held so they are not collected
         self._watcher: asyncio.Task | None = None
         self._connected_event = asyncio.Event()
@@ -209,7 +224,7 @@ class ComfyBackend:
             self._spawn(self._reconcile(prompt_id), f"reconcile {prompt_id}")
 
     async def wait(self, prompt_id: str) -> PromptResult:
-        """The prompt's result once it has finished (success or error, as /history says).
+        """The prompt's result once it has finished (success or error, as ComfyUI reported it).
 
         Raises PromptLost when the server no longer knows the prompt, and PromptCancelled when interrupt()
         stopped it first. A prompt that finished before the interrupt reached the server returns its result.
@@ -220,6 +235,7 @@ class ComfyBackend:
         finally:
             self._pending.pop(prompt_id, None)
             self._interrupted.discard(prompt_id)
+            self._watched.pop(prompt_id, None)
 
     async def interrupt(self, prompt_id: str) -> None:
         """Stop our prompt `prompt_id` wherever it is on this server; nobody else's prompt is touched.
@@ -285,6 +301,7 @@ class ComfyBackend:
                 async with self.session.ws_connect(f"{self.base_url}/ws?clientId={self.client_id}",
                                                    heartbeat=20) as websocket:
                     self._report(True)
+                    self._watched.clear()  # a run seen only in part is read from /history
                     self._set_connected(True)
                     delay = 0.2
                     await self._reconcile_all()  # whatever finished while we were away
@@ -327,11 +344,39 @@ class ComfyBackend:
         if kind == "status":
             self.queue_remaining = data.get("status", {}).get("exec_info", {}).get("queue_remaining")
             return
+        prompt_id = data.get("prompt_id")
+        if prompt_id not in self._pending:
+            return
+        if kind == "execution_start":
+            self._watched[prompt_id] = _Watched(data.get("timestamp"))
+        elif (watched := self._watched.get(prompt_id)) is not None and kind == "executed":
+            if data.get("output"):
+                watched.outputs[str(data.get("node"))] = data["output"]
+        elif watched is not None and kind in _ENDINGS:
+            watched.ending = (kind, data)
         # ComfyUI writes the history entry and then sends `executing` with no node, for success, error and
-        # interruption alike; `execution_success` comes earlier, before the entry exists, so reading /history
-        # then would be wasted.
-        if kind == "executing" and data.get("node") is None and data.get("prompt_id") in self._pending:
-            self._spawn(self._reconcile(data["prompt_id"]), f"reconcile {data['prompt_id']}")
+        # interruption alike: the run is over.
+        elif kind == "executing" and data.get("node") is None:
+            watched = self._watched.pop(prompt_id, None)
+            if watched is not None and watched.ending is not None:
+                self._settle(prompt_id, watched)
+            else:
+                self._spawn(self._reconcile(prompt_id), f"reconcile {prompt_id}")
+
+    def _settle(self, prompt_id: str, watched: _Watched) -> None:
+        """A prompt's result from what the websocket saw of its whole run (as /history would give it)."""
+        future = self._pending.get(prompt_id)
+        if future is None or future.done():
+            return
+        kind, data = watched.ending
+        finished, started = data.get("timestamp"), watched.started_ms
+        seconds = (finished - started) / 1000.0 if finished and started else None
+        result = PromptResult(prompt_id, _ENDINGS[kind], watched.outputs, None if kind == "execution_success"
+                              else data, seconds)
+        if kind == "execution_interrupted" and prompt_id in self._interrupted:
+            future.set_exception(PromptCancelled(prompt_id, result))
+        else:
+            future.set_result(result)
 
     async def _reconcile_all(self) -> None:
         for prompt_id in [p for p, f in self._pending.items() if not f.done()]:

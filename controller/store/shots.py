@@ -63,6 +63,28 @@ class ClaimedShot:
     prompt_id: uuid.UUID | None      #   left), and the prompt_id it will be queued under on ComfyUI
 
 
+@dataclass(frozen=True)
+class NextClaim:
+    """Who claims, for how long, for which backend (and the checkpoint it has loaded)."""
+    worker: str
+    lease_seconds: float
+    backend: str
+    prefer_checkpoint: str | None = None
+
+    def params(self) -> dict:
+        return {"limit": 1, "worker": self.worker, "lease": self.lease_seconds, "backend": self.backend,
+                "checkpoint": self.prefer_checkpoint}
+
+
+def claimed_shot(row: dict | None) -> ClaimedShot | None:
+    if row is None:
+        return None
+    return ClaimedShot(id=row["id"], batch_id=row["batch_id"], shot_key=row["shot_key"], workflow=row["workflow"],
+                       params={**row["params"], **(row["next_params"] or {})}, correction=row["next_correction"],
+                       attempts=row["attempts"], max_attempts=row["max_attempts"], last_attempt=row["last_attempt"],
+                       attempt_id=row["attempt_id"], prompt_id=row["prompt_id"])
+
+
 # --- claims: one statement takes the next shot and opens its attempt --------------------------------------------
 
 _CLAIMED_COLUMNS = ("x.id, x.batch_id, x.shot_key, x.workflow, x.params, x.next_params, x.next_correction, "
@@ -102,6 +124,12 @@ def _claim_sql(queue: LeaseQueue, prefer_checkpoint: bool) -> str:
                  "next AS (SELECT id FROM preferred UNION ALL SELECT id FROM other)")
     return "WITH " + queue.claim_ctes(_CLAIMED_COLUMNS, preferred) + _CLAIM_REST
 
+
+# The queue's own bookkeeping (claims, finishes, leases) commits without waiting for the WAL flush: a PostgreSQL
+# crash can forget the last fraction of a second of it, which the controllers already survive (an attempt left
+# open is followed again by its prompt_id; a claim forgotten is a shot queued again). What a person did (a
+# submitted batch, a cancel, a review, an upload) always waits for the flush.
+_QUEUE_COMMIT = "SET LOCAL synchronous_commit = off"
 
 # --- finishing: one statement closes the attempt, records what it made, and moves the shot ---------------------
 
@@ -171,19 +199,11 @@ class ShotStore:
         """The next queued shot (highest priority, oldest first; the given checkpoint's first), now running under
         this worker's lease, with its next attempt opened on `backend` unless the last one must be reconciled or
         no attempt is left."""
-        params = {"limit": 1, "worker": worker, "lease": lease_seconds, "backend": backend,
-                  "checkpoint": prefer_checkpoint}
+        claim = NextClaim(worker, lease_seconds, backend, prefer_checkpoint)
         async with self.pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
-            await cursor.execute(self._claim[prefer_checkpoint is not None], params)
-            row = await cursor.fetchone()
-        if row is None:
-            return None
-        return ClaimedShot(id=row["id"], batch_id=row["batch_id"], shot_key=row["shot_key"], workflow=row["workflow"],
-                           params={**row["params"], **(row["next_params"] or {})}, correction=row["next_correction"],
-                           attempts=row["attempts"], max_attempts=row["max_attempts"],
-                           last_attempt=row["last_attempt"], attempt_id=row["attempt_id"],
-                           prompt_id=row["prompt_id"])
+            await cursor.execute(self._claim[claim.prefer_checkpoint is not None], claim.params())
+            return claimed_shot(await cursor.fetchone())
 
     async def start_attempt(self, shot_id: uuid.UUID, backend: str, correction: dict | None) -> tuple[uuid.UUID,
                                                                                                    uuid.UUID]:
@@ -231,18 +251,36 @@ class ShotStore:
 
         Only the first caller for an attempt records it (another controller may follow the same prompt after a
         lease lapsed): False, recording nothing, when it was already closed. A cancelled shot keeps its status."""
+        recorded, _ = await self.finish_and_claim(attempt_id, shot_status, None, outputs=outputs, verdicts=verdicts,
+                                                  error=error, inputs=inputs, attempt_status=attempt_status,
+                                                  retry=retry)
+        return recorded
+
+    async def finish_and_claim(self, attempt_id: uuid.UUID, shot_status: ShotStatus, claim: "NextClaim | None", *,
+                               outputs=(), verdicts=(), error: dict | None = None, inputs: dict | None = None,
+                               attempt_status: AttemptStatus | None = None,
+                               retry: dict | None = None) -> tuple[bool, ClaimedShot | None]:
+        """finish_attempt, and (with `claim`) the slot's next claim sent with it in one pipeline: one round trip
+        to PostgreSQL for both, which is most of what a shot costs the controller. The two run as one
+        transaction: a claim that fails leaves the attempt open too, to be followed again."""
         attempt_status = attempt_status or (AttemptStatus.FAILED if error else AttemptStatus.SUCCEEDED)
         status = ShotStatus.QUEUED if retry else ShotStatus(shot_status)
+        finish = {"attempt": attempt_id, "attempt_status": attempt_status.value,
+                  "error": Jsonb(error) if error else None, "inputs": Jsonb(inputs) if inputs is not None else None,
+                  "outputs": Jsonb(list(outputs)), "verdicts": Jsonb(list(verdicts)),
+                  "shot_status": status.value, "retry": retry is not None,
+                  "next_params": Jsonb(retry["params"]) if retry else None,
+                  "next_correction": Jsonb(retry["correction"]) if retry else None,
+                  "release": status is not ShotStatus.RUNNING}
         async with self.pool.connection() as conn:
-            row = await (await conn.execute(_FINISH, {
-                "attempt": attempt_id, "attempt_status": attempt_status.value,
-                "error": Jsonb(error) if error else None, "inputs": Jsonb(inputs) if inputs is not None else None,
-                "outputs": Jsonb(list(outputs)), "verdicts": Jsonb(list(verdicts)),
-                "shot_status": status.value, "retry": retry is not None,
-                "next_params": Jsonb(retry["params"]) if retry else None,
-                "next_correction": Jsonb(retry["correction"]) if retry else None,
-                "release": status is not ShotStatus.RUNNING})).fetchone()
-        return row[0] > 0
+            if claim is None:
+                return (await (await conn.execute(_FINISH, finish)).fetchone())[0] > 0, None
+            async with conn.pipeline(), conn.transaction():
+                await conn.execute(_QUEUE_COMMIT)
+                finished = await conn.execute(_FINISH, finish)
+                claimed = conn.cursor(row_factory=dict_row)
+                await claimed.execute(self._claim[claim.prefer_checkpoint is not None], claim.params())
+            return (await finished.fetchone())[0] > 0, claimed_shot(await claimed.fetchone())
 
     async def end_shot(self, shot_id: uuid.UUID, status: ShotStatus) -> None:
         async with self.pool.connection() as conn:

@@ -45,7 +45,7 @@ from shotline_controller.contract import InputError, Shot
 from shotline_controller.metrics import ControllerMetrics
 from shotline_controller.settings import RANDOM_CHECKPOINT_NAME
 from shotline_controller.store.notifications import Notifications
-from shotline_controller.store.shots import ClaimedShot, ShotStore
+from shotline_controller.store.shots import ClaimedShot, NextClaim, ShotStore
 from shotline_controller.store.status import OPEN_ATTEMPT_STATUSES, AttemptStatus, ShotStatus
 from shotline_controller.store.uploads import UploadStore
 
@@ -158,28 +158,30 @@ class Dispatcher:
 
     async def _slot(self, backend: ComfyBackend) -> None:
         shortest, longest = self.idle_seconds
-        idle = shortest
+        idle, shot = shortest, None
         while True:
-            if not backend.connected:
-                await asyncio.sleep(longest)
-                continue
-            try:
-                started = time.perf_counter()
-                shot = await self.store.claim(self.worker, self.lease_seconds, backend.base_url,
-                                              backend.loaded_checkpoint)
-            except DATABASE_TROUBLE as error:
-                log.warning("cannot claim shots (the database?): %s", error)
-                await asyncio.sleep(longest)
-                continue
             if shot is None:
-                await self._wait_for_work(idle)
-                idle = min(longest, idle * 2)
-                continue
-            self.metrics.claim_seconds.observe(time.perf_counter() - started)
+                if not backend.connected:
+                    await asyncio.sleep(longest)
+                    continue
+                try:
+                    started = time.perf_counter()
+                    shot = await self.store.claim(self.worker, self.lease_seconds, backend.base_url,
+                                                  backend.loaded_checkpoint)
+                except DATABASE_TROUBLE as error:
+                    log.warning("cannot claim shots (the database?): %s", error)
+                    await asyncio.sleep(longest)
+                    continue
+                if shot is None:
+                    await self._wait_for_work(idle)
+                    idle = min(longest, idle * 2)
+                    continue
+                self.metrics.claim_seconds.observe(time.perf_counter() - started)
             idle = shortest
             self.held[shot.id] = (backend, None)
+            following = None  # the shot this slot claimed as it recorded this one (one round trip for both)
             try:
-                outcome = await self._run_shot(backend, shot)
+                outcome, following = await self._run_shot(backend, shot)
             except (ComfyUnavailable, PromptLost) as error:
                 log.warning("%s on %s: %s; back to the queue", shot.shot_key, backend.base_url, error)
                 outcome = "queued"
@@ -196,6 +198,7 @@ class Dispatcher:
             self.metrics.outcomes.labels(outcome).inc()
             if self.on_outcome:
                 self.on_outcome(shot, outcome)
+            shot = following
 
     async def _release(self, shot: ClaimedShot) -> None:
         try:
@@ -208,7 +211,8 @@ class Dispatcher:
 
     # --- one shot -------------------------------------------------------------------------------------------
 
-    async def _run_shot(self, backend: ComfyBackend, shot: ClaimedShot) -> str:
+    async def _run_shot(self, backend: ComfyBackend, shot: ClaimedShot) -> tuple[str, ClaimedShot | None]:
+        """Run one claimed shot to its recorded outcome; also the next shot claimed with the record, if any."""
         attempt_id, prompt_id, attempt_no = shot.attempt_id, shot.prompt_id, shot.attempts + 1
         last = shot.last_attempt
         if attempt_id is None and last and last["status"] in OPEN_ATTEMPT_STATUSES:
@@ -224,19 +228,19 @@ class Dispatcher:
                 except PromptLost:
                     result = None
                 if result is not None:
-                    return await self._record(shot, last_id, result, attempt_no, inputs=None)
+                    return await self._record(owner, shot, last_id, result, attempt_no, inputs=None)
             await self.store.finish_attempt(last_id, ShotStatus.RUNNING, attempt_status=AttemptStatus.LOST, error={
                 "exception_message": "prompt lost: its backend no longer knows it or is not served by this "
                                      "controller"})
             attempt_no = shot.attempts  # the lost one no longer counts; this is the next
             if attempt_no > shot.max_attempts:
                 await self.store.end_shot(shot.id, ShotStatus.FAILED)
-                return ShotStatus.FAILED.value
+                return ShotStatus.FAILED.value, None
             self.held[shot.id] = (backend, None)
             attempt_id, prompt_id = await self.store.start_attempt(shot.id, backend.base_url, shot.correction)
         elif attempt_id is None:  # every attempt used
             await self.store.end_shot(shot.id, ShotStatus.FAILED)
-            return ShotStatus.FAILED.value
+            return ShotStatus.FAILED.value, None
         prompt_id = str(prompt_id)
 
         try:
@@ -250,7 +254,7 @@ class Dispatcher:
         except (PresetError, RenderError, InputError, ValueError, OSError) as error:
             # a shot this controller cannot build: record why, never loop on it
             await self.store.finish_attempt(attempt_id, ShotStatus.FAILED, error={"exception_message": str(error)})
-            return ShotStatus.FAILED.value
+            return ShotStatus.FAILED.value, None
         if checkpoint == RANDOM_CHECKPOINT_NAME:
             log.warning("%s: rendering with the random test checkpoint: images are noise", shot.shot_key)
 
@@ -259,15 +263,16 @@ class Dispatcher:
             await backend.submit(graph, prompt_id)
         except PromptRejected as rejected:
             await self.store.finish_attempt(attempt_id, ShotStatus.FAILED, error=rejected.body, inputs=inputs)
-            return ShotStatus.FAILED.value
+            return ShotStatus.FAILED.value, None
         except ComfyUnavailable:
             await self.store.finish_attempt(attempt_id, ShotStatus.QUEUED, attempt_status=AttemptStatus.LOST,
                                             inputs=inputs, error={"exception_message": f"{backend.base_url} "
                                                                                        "unavailable"})
             raise
         backend.loaded_checkpoint = checkpoint
-        if shot.id in self.cancelled or shot.id in await self.store.cancelled_among([shot.id]):
-            await self._interrupt(shot.id)  # cancelled while it was being queued
+        if shot.id in self.cancelled:  # cancelled while it was being queued (the keeper saw it, had no prompt)
+            self.cancelled.discard(shot.id)
+            await self._interrupt(shot.id)
         started = time.monotonic()
         try:
             result = await self._wait(backend, shot, prompt_id)
@@ -276,9 +281,9 @@ class Dispatcher:
                                             inputs=inputs, error={"exception_message": f"{backend.base_url} lost "
                                                                                        "the prompt"})
             raise
-        outcome = await self._record(shot, attempt_id, result, attempt_no, inputs)
+        outcome, following = await self._record(backend, shot, attempt_id, result, attempt_no, inputs)
         self.metrics.attempt_seconds.labels(outcome).observe(time.monotonic() - started)
-        return outcome
+        return outcome, following
 
     async def _wait(self, backend: ComfyBackend, shot: ClaimedShot, prompt_id: str) -> PromptResult:
         """The prompt's result; an interrupted one (its shot was cancelled) as an error result."""
@@ -289,29 +294,37 @@ class Dispatcher:
             return cancelled.result or PromptResult(prompt_id, "error", error={
                 "exception_message": "cancelled before it started: taken off the backend's queue"})
 
-    async def _record(self, shot: ClaimedShot, attempt_id: uuid.UUID, result: PromptResult, attempt_no: int,
-                      inputs: dict | None) -> str:
+    async def _record(self, backend: ComfyBackend, shot: ClaimedShot, attempt_id: uuid.UUID, result: PromptResult,
+                      attempt_no: int, inputs: dict | None) -> tuple[str, ClaimedShot | None]:
+        """Record the attempt and choose the shot's next status (a correction when it was rejected); the slot's
+        next shot is claimed in the same round trip while the backend is up."""
         files, verdicts = collect_results(result.outputs)
+        claim = NextClaim(self.worker, self.lease_seconds, backend.base_url, backend.loaded_checkpoint) \
+            if backend.connected else None
         if shot.id in self.cancelled:
-            await self.store.finish_attempt(attempt_id, ShotStatus.CANCELLED, outputs=files, verdicts=verdicts,
-                                            inputs=inputs, attempt_status=AttemptStatus.CANCELLED,
-                                            error=result.error or {"exception_message": "cancelled"})
-            return ShotStatus.CANCELLED.value
-        if result.status == "error":
-            status = ShotStatus.FAILED
-            retry_verdicts = [{"reasons": [f"execution error: {result.error.get('exception_message', '')}"]}]
+            status, retry, attempt_status = ShotStatus.CANCELLED, None, AttemptStatus.CANCELLED
+            error = result.error or {"exception_message": "cancelled"}
         else:
-            status, retry_verdicts = ShotStatus(shot_status(verdicts)), verdicts
-        retry = None
-        if status in (ShotStatus.REJECTED, ShotStatus.FAILED) and attempt_no < shot.max_attempts:
-            correction = choose_correction(shot.params, retry_verdicts, attempt_no)
-            retry = {"params": {**shot.params, **correction["changes"]}, "correction": correction}
-        recorded = await self.store.finish_attempt(attempt_id, status, outputs=files, verdicts=verdicts,
-                                                   error=result.error if result.status == "error" else None,
-                                                   inputs=inputs, retry=retry)
+            attempt_status = None
+            error = result.error if result.status == "error" else None
+            if result.status == "error":
+                status = ShotStatus.FAILED
+                retry_verdicts = [{"reasons": [f"execution error: {result.error.get('exception_message', '')}"]}]
+            else:
+                status, retry_verdicts = ShotStatus(shot_status(verdicts)), verdicts
+            retry = None
+            if status in (ShotStatus.REJECTED, ShotStatus.FAILED) and attempt_no < shot.max_attempts:
+                correction = choose_correction(shot.params, retry_verdicts, attempt_no)
+                retry = {"params": {**shot.params, **correction["changes"]}, "correction": correction}
+        started = time.perf_counter()
+        recorded, following = await self.store.finish_and_claim(
+            attempt_id, status, claim, outputs=files, verdicts=verdicts, error=error, inputs=inputs,
+            attempt_status=attempt_status, retry=retry)
+        if following is not None:
+            self.metrics.claim_seconds.observe(time.perf_counter() - started)
         if not recorded:
-            return "recorded elsewhere"
-        return ShotStatus.QUEUED.value if retry else status.value
+            return "recorded elsewhere", following
+        return (ShotStatus.QUEUED.value if retry else status.value), following
 
     # --- what a backend needs -------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ import psycopg
 import pytest
 import yaml
 
-from tests.integration.test_render import shotline
+from tests.integration.processes import shotline
 
 pytestmark = pytest.mark.integration
 SHEET = {"name": "Aiko", "style": "anime", "design_prompt": "Aiko, silver bob, amber eyes, red scarf",
@@ -43,3 +43,22 @@ def test_bad_sheet_names_the_field(database_url, tmp_path):
     assert result.returncode == 2
     assert "style: must be one of anime, photo, got 'cartoon'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_put_character_uses_the_library_from_the_environment(database_url, tmp_path):
+    """Without --library the character goes to SHOTLINE_CHARACTER_LIBRARY, not into the ComfyUI's models folder."""
+    (tmp_path / "sheet.yaml").write_text(yaml.safe_dump(SHEET))
+    (tmp_path / "front.png").write_bytes(b"front image bytes")
+    comfyui = tmp_path / "ComfyUI"  # where the character would go by default: it must stay empty
+    library = tmp_path / "from-env"
+    result = shotline("character", "put", "aiko", "--sheet", tmp_path / "sheet.yaml", "--reference",
+                      tmp_path / "front.png", env={"DATABASE_URL": database_url, "SHOTLINE_HOME": str(tmp_path),
+                                                   "SHOTLINE_COMFYUI": str(comfyui),
+                                                   "SHOTLINE_CHARACTER_LIBRARY": str(library)})
+    assert result.returncode == 0, result.stderr
+    assert str(library / "aiko") in result.stdout
+    assert yaml.safe_load((library / "aiko" / "character.yaml").read_text())["name"] == "Aiko"
+    assert (library / "aiko" / "references" / "front.png").read_bytes() == b"front image bytes"
+    assert not comfyui.exists()
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT name FROM characters").fetchall() == [("Aiko",)]

@@ -1,9 +1,11 @@
 """`shotline render` end to end: shot list -> real ComfyUI -> rows in a real PostgreSQL."""
+import hashlib
 import json
 import os
 import subprocess
-import sys
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -12,21 +14,16 @@ import psycopg
 import pytest
 import yaml
 
-from shotline_controller.embedded_postgres import EmbeddedPostgres, public_temp_dir
 from shotline_controller.comfy.presets import preset_path
+from shotline_controller.embedded_postgres import EmbeddedPostgres, public_temp_dir
+from tests.integration.processes import SHOTLINE, shotline
 
 pytestmark = pytest.mark.integration
-SHOTLINE = Path(sys.executable).parent / "shotline"
 TWO_SHOTS = {  # one attempt each: these tests look at a single render, retries have their own test
     "defaults": {"size": "128x128", "steps": 2},
     "shots": [{"id": "s01", "prompt": "a girl with silver hair", "seed": 1},
               {"id": "s02", "prompt": "the same girl, close-up", "seed": 2, "size": "128x96"}],
 }
-
-
-def shotline(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SHOTLINE), *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
 
 
 def write_list(path: Path, data) -> Path:
@@ -182,9 +179,21 @@ def test_editor_format_preset_and_an_uploaded_input_image(comfy, comfy_server, d
     assert result.returncode == 0, result.stdout + result.stderr
     db = recorded(database_url)
     [attempt] = db["attempts"]
+    # stored as an upload named by its content, and put on the ComfyUI that ran the shot under that name
+    pose_bytes = (tmp_path / "lists" / "refs" / "pose.png").read_bytes()
+    digest = hashlib.sha256(pose_bytes).hexdigest()
+    assert db["shots"][0]["params"]["image"] == f"sha256:{digest}"
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT media_type, content FROM uploads WHERE sha256 = %s",
+                            (digest,)).fetchone() == ("image/png", pose_bytes)
     uploaded = attempt["inputs"]["Input Image.image"]
-    assert uploaded.startswith("shotline/img-") and uploaded.endswith(".png")
-    assert (comfy_server.input_dir / uploaded).read_bytes() == (tmp_path / "lists" / "refs" / "pose.png").read_bytes()
+    assert uploaded == f"shotline/{digest[:16]}.png"
+    assert (comfy_server.input_dir / uploaded).read_bytes() == pose_bytes
+    subfolder, name = uploaded.split("/")
+    served = comfy.url + "/view?" + urllib.parse.urlencode({"filename": name, "subfolder": subfolder,
+                                                             "type": "input"})
+    with urllib.request.urlopen(served, timeout=30) as response:
+        assert response.read() == pose_bytes
     [input_check] = [v for v in db["verdicts"] if v["node_id"] == "21"]
     assert (input_check["details"]["images"][0]["width"], input_check["details"]["images"][0]["height"]) == (88, 72)
 
@@ -194,3 +203,27 @@ def test_missing_input_image_names_the_field(tmp_path):
     result = shotline("render", write_list(tmp_path / "bad.yaml", bad), "--comfy", "http://127.0.0.1:9")
     assert result.returncode == 2
     assert "shots[0].image: no such file" in result.stderr
+
+
+@pytest.mark.parametrize("where", ["parent folder", "absolute path", "symlink out"])
+@pytest.mark.parametrize("mode", ["--comfy", "--server"])
+def test_an_image_outside_the_lists_folder_is_refused(where, mode, database_url, tmp_path):
+    """A shot list names files inside its own folder only (symlinks resolved): nothing else on the machine is read
+    and sent, to a ComfyUI or to a service."""
+    pose = np.zeros((32, 32, 3), np.uint8)
+    cv2.imwrite(str(tmp_path / "outside.png"), pose)  # a real image, readable: only its place is wrong
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "link.png").symlink_to(tmp_path / "outside.png")
+    image = {"parent folder": "../outside.png", "absolute path": str(tmp_path / "outside.png"),
+             "symlink out": "link.png"}[where]
+    shots = {"shots": [{"id": "a", "prompt": "x", "image": image}]}
+    target = ["--comfy", "http://127.0.0.1:9"] if mode == "--comfy" else ["--server", "http://127.0.0.1:9",
+                                                                         "--token", "t"]
+    result = shotline("render", write_list(lists / "one.yaml", shots), *target, env={"DATABASE_URL": database_url},
+                      timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "shots[0].image: must be a file inside the shot list's folder" in result.stderr
+    assert "Traceback" not in result.stderr
+    with psycopg.connect(database_url) as conn:  # refused before the database was even opened
+        assert conn.execute("SELECT to_regclass('shots')").fetchone() == (None,)
