@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -40,7 +41,7 @@ from shotline_controller.media.assembly_jobs import (
     run_assembly_job,
 )
 from shotline_controller.media.sniff import sniff
-from shotline_controller.parsing import parse_yaml
+from shotline_controller.parsing import parse_text, parse_yaml
 from shotline_controller.settings import Settings, SettingsError, load_settings
 from shotline_controller.shot_list import check_presets, queued_shots, read_media_file, read_shot_list
 from shotline_controller.store.assemblies import AssemblyStore
@@ -207,8 +208,10 @@ async def render_on_server(args, shots_text: bytes) -> int:
     base = args.server.rstrip("/")
     headers = {"Authorization": f"Bearer {token}"}
     form = aiohttp.FormData()
-    form.add_field("shots", shots_text, filename=Path(args.file).name,
-                   content_type="application/json" if args.file.suffix.lower() == ".json" else "application/yaml")
+    # the list as the service's JSON, with this command's --max-attempts (a shot-list file has no such field)
+    data = parse_text(shots_text, as_yaml=args.file.suffix.lower() != ".json", field="file")
+    form.add_field("shots", json.dumps({**data, "max_attempts": args.max_attempts}).encode(),
+                   filename=f"{Path(args.file).stem}.json", content_type="application/json")
     base_dir = Path(args.file).resolve().parent
     for index, shot in enumerate(read_shot_list(args.file).shots):  # the images it names travel with it
         if shot.image:

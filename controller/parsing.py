@@ -5,6 +5,11 @@ event loop that also renews leases. So YAML uses libyaml's C parser where it is 
 at 1000 levels; the pure-Python one hits Python's recursion limit, reported the same way), is limited to
 MAX_YAML_BYTES (its constructor still runs in Python: about 2 s per MB), and `parse_off_loop` runs anything but
 a small body in a worker thread. JSON's own recursion guard becomes a 400 too.
+
+YAML aliases let a few hundred bytes stand for billions of values (nine lists of nine aliases, nine levels deep:
+387 million), and everything that walks the result afterwards (validation, the message that quotes a wrong value)
+takes that long and that much memory. A document holding more values than its text could spell out without
+aliases (MAX_VALUES_PER_BYTE) is refused; anchors and merge keys that a person writes stay well below that.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from shotline_controller.contract import InputError
 MAX_YAML_BYTES = 4 * 1024 * 1024     # a 10,000-shot list is about 1.2 MB of YAML; bigger lists go as JSON
 INLINE_BYTES = 64 * 1024             # smaller bodies parse faster than a thread hop costs
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MAX_VALUES_PER_BYTE = 2              # without aliases every value takes at least a byte of text
 
 
 def _reject_constant(name: str):
@@ -37,11 +43,31 @@ def parse_yaml(data: bytes | str, field: str = "body"):
     if len(data) > MAX_YAML_BYTES:
         raise InputError(field, f"YAML over {MAX_YAML_BYTES // (1024 * 1024)} MB: send bigger lists as JSON")
     try:
-        return yaml.load(data, Loader=_Loader)  # noqa: S506 - a safe loader (CSafeLoader or SafeLoader)
-    except yaml.YAMLError as error:
+        parsed = yaml.load(data, Loader=_Loader)  # noqa: S506 - a safe loader (CSafeLoader or SafeLoader)
+    except (yaml.YAMLError, ValueError, OverflowError) as error:
+        # ValueError: undecodable text, and what the constructors raise (a 5000-digit int, the date 2024-13-45)
         raise InputError(field, f"not valid YAML: {error}") from None
-    except (RecursionError, UnicodeDecodeError) as error:
-        raise InputError(field, f"not valid YAML: {'nested too deeply' if isinstance(error, RecursionError) else error}") from None
+    except RecursionError:
+        raise InputError(field, "not valid YAML: nested too deeply") from None
+    _check_expansion(parsed, MAX_VALUES_PER_BYTE * len(data) + 100, field)
+    return parsed
+
+
+def _check_expansion(parsed, budget: int, field: str) -> None:
+    """InputError when `parsed`, walked as the tree its readers see, holds more than `budget` values; the walk
+    stops there, so it costs at most `budget` steps (a recursive alias too)."""
+    pending, seen = [parsed], 0
+    while pending:
+        value = pending.pop()
+        seen += 1
+        if seen > budget:
+            raise InputError(field, "YAML whose aliases expand to more values than its text holds: write the "
+                                    "values out (or use `defaults`)")
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
 
 
 def parse_text(data: bytes | str, as_yaml: bool, field: str = "body"):

@@ -68,7 +68,7 @@ async def put_character(request: web.Request) -> web.Response:
         raise ApiError(None, str(error), 503) from None
     except CharacterSheetError as error:
         field = error.field if error.field in ("sheet", "folder") or error.field.startswith("references") \
-            else f"sheet.{error.field}"
+            else f"sheet{'' if error.field.startswith('[') else '.'}{error.field}"
         raise ApiError(field, error.message) from None
     character_id = await CharacterStore(request.app[POOL]).put(character)
     return await answer(CharacterStored, {"id": character_id, "folder": folder, "name": character.name,

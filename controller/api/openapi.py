@@ -7,7 +7,7 @@ from functools import cache
 
 from pydantic.json_schema import models_json_schema
 
-from shotline_controller.api.routes import EXTRA_MODELS, JSON, ROUTES, Route
+from shotline_controller.api.routes import EVENT_STREAM, EXTRA_MODELS, JSON, ROUTES, Route
 from shotline_controller.contract import ErrorBody
 
 REF = "#/components/schemas/{model}"
@@ -28,6 +28,14 @@ def _models() -> list[tuple[type, str]]:
     return list(dict.fromkeys(wanted))
 
 
+def _event(data: dict) -> dict:
+    """One server-sent event whose data is a JSON text of `data`: in OpenAPI 3.1 the `schema` of a
+    text/event-stream describes each event (`event`, `data`, ...), not the JSON inside it."""
+    return {"type": "object", "required": ["event", "data"], "properties": {
+        "event": {"type": "string", "description": "the event's name; the operation's description lists them"},
+        "data": {"type": "string", "contentMediaType": JSON, "contentSchema": data}}}
+
+
 def _error(description: str) -> dict:
     return {"description": description, "content": {JSON: {"schema": {"$ref": REF.format(model="ErrorBody")}}}}
 
@@ -41,9 +49,11 @@ def _operation(route: Route, refs: dict) -> dict:
             media_type, description = model
             responses[str(status)] = {"description": description, "content": {media_type: {"schema": {}}}}
         else:
-            media_type = "text/event-stream" if route.path.endswith("/events") else JSON
+            streamed = route.path.endswith("/events")
+            schema = refs[(model, "serialization")]
             responses[str(status)] = {"description": (model.__doc__ or model.__name__).strip().splitlines()[0],
-                                      "content": {media_type: {"schema": refs[(model, "serialization")]}}}
+                                      "content": {EVENT_STREAM if streamed else JSON: {
+                                          "schema": _event(schema) if streamed else schema}}}
     if parameters or route.body:
         responses["400"] = _error("the request cannot be served; `field` names the offending value")
     if route.token:

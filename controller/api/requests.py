@@ -66,7 +66,14 @@ def path_key(request: web.Request, name: str) -> str:
 async def read_body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise too_large()
-    return await request.read()  # aiohttp refuses more than client_max_size with 413 itself
+    try:
+        return await request.read()  # aiohttp refuses more than client_max_size with 413 itself
+    except web.RequestPayloadError:
+        raise unreadable() from None
+
+
+def unreadable() -> ApiError:
+    return ApiError("body", "cannot be read: a Content-Encoding that does not decode, or a broken chunk")
 
 
 def body_format(request: web.Request, allowed=("json", "yaml")) -> str:
@@ -138,6 +145,8 @@ async def read_multipart(request: web.Request) -> Multipart:
                 content.extend(chunk)
             body.parts.append(Part(_part_name(part.name, "name") or "", _part_name(part.filename, "file name"),
                                    part.headers.get("Content-Type", ""), bytes(content)))
+    except web.RequestPayloadError:
+        raise unreadable() from None
     except (HttpProcessingError, ValueError, AssertionError, LookupError, aiohttp.ClientError) as error:
         raise ApiError("body", f"not a readable multipart body: {type(error).__name__}") from None
     return body

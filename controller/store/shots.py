@@ -125,10 +125,10 @@ def _claim_sql(queue: LeaseQueue, prefer_checkpoint: bool) -> str:
     return "WITH " + queue.claim_ctes(_CLAIMED_COLUMNS, preferred) + _CLAIM_REST
 
 
-# The queue's own bookkeeping (claims, finishes, leases) commits without waiting for the WAL flush: a PostgreSQL
-# crash can forget the last fraction of a second of it, which the controllers already survive (an attempt left
-# open is followed again by its prompt_id; a claim forgotten is a shot queued again). What a person did (a
-# submitted batch, a cancel, a review, an upload) always waits for the flush.
+# The hot path (an attempt's record and the claim that follows it) commits without waiting for the WAL flush: a
+# PostgreSQL crash can forget the last fraction of a second of it, which the controllers already survive (an
+# attempt left open is followed again by its prompt_id on ComfyUI; a claim forgotten is a shot queued again).
+# Everything else, and all that a person did (a submitted batch, a cancel, a review, an upload), waits for it.
 _QUEUE_COMMIT = "SET LOCAL synchronous_commit = off"
 
 # --- finishing: one statement closes the attempt, records what it made, and moves the shot ---------------------
@@ -173,6 +173,14 @@ class ShotStore:
         self.leases = LeaseQueue(SHOTS)
         self._claim = {False: _claim_sql(self.leases, False), True: _claim_sql(self.leases, True)}
 
+    @asynccontextmanager
+    async def _bookkeeping(self):
+        """A connection in a pipelined transaction for the queue's own bookkeeping: the statements go out
+        together (one round trip) and commit without waiting for the WAL flush (_QUEUE_COMMIT)."""
+        async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+            await conn.execute(_QUEUE_COMMIT)
+            yield conn
+
     # --- submitting -----------------------------------------------------------------------------------------
 
     async def submit_batch(self, shots, source: str, webhook_url: str | None = None, max_attempts: int = 3,
@@ -200,7 +208,7 @@ class ShotStore:
         this worker's lease, with its next attempt opened on `backend` unless the last one must be reconciled or
         no attempt is left."""
         claim = NextClaim(worker, lease_seconds, backend, prefer_checkpoint)
-        async with self.pool.connection() as conn:
+        async with self.pool.connection() as conn:  # one statement: its own transaction
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute(self._claim[claim.prefer_checkpoint is not None], claim.params())
             return claimed_shot(await cursor.fetchone())
@@ -272,15 +280,12 @@ class ShotStore:
                   "next_params": Jsonb(retry["params"]) if retry else None,
                   "next_correction": Jsonb(retry["correction"]) if retry else None,
                   "release": status is not ShotStatus.RUNNING}
-        async with self.pool.connection() as conn:
-            if claim is None:
-                return (await (await conn.execute(_FINISH, finish)).fetchone())[0] > 0, None
-            async with conn.pipeline(), conn.transaction():
-                await conn.execute(_QUEUE_COMMIT)
-                finished = await conn.execute(_FINISH, finish)
+        async with self._bookkeeping() as conn:
+            finished = await conn.execute(_FINISH, finish)
+            if claim is not None:
                 claimed = conn.cursor(row_factory=dict_row)
                 await claimed.execute(self._claim[claim.prefer_checkpoint is not None], claim.params())
-            return (await finished.fetchone())[0] > 0, claimed_shot(await claimed.fetchone())
+        return (await finished.fetchone())[0] > 0, claimed_shot(await claimed.fetchone()) if claim else None
 
     async def end_shot(self, shot_id: uuid.UUID, status: ShotStatus) -> None:
         async with self.pool.connection() as conn:

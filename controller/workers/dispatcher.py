@@ -93,13 +93,14 @@ class Dispatcher:
                 except asyncio.TimeoutError:
                     pass
         finally:
+            held = list(self.held)  # before the slots stop: each lets go of its shot as it ends
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             try:
-                await self.store.release(self.worker, list(self.held))
+                await self.store.release(self.worker, held)
             except DATABASE_TROUBLE as error:  # their leases lapse instead
-                log.warning("could not give %d shot(s) back to the queue: %s", len(self.held), error)
+                log.warning("could not give %d shot(s) back to the queue: %s", len(held), error)
 
     # --- leases and cancellations ---------------------------------------------------------------------------
 

@@ -55,7 +55,9 @@ class Workers:
         try:
             await self.notifications.start()
             for supervisor in self.supervisors.values():
-                await supervisor.start()
+                # a ComfyUI takes seconds to a minute to start: a signal meanwhile stops it, not waits for it
+                if not await _unless_stopped(supervisor.start(), stop):
+                    return
             for backend in self.backends:
                 await backend.start(wait=False)  # a backend that is down is retried, shown disconnected
             if self.service:
@@ -71,3 +73,20 @@ class Workers:
             for supervisor in self.supervisors.values():
                 await supervisor.stop()
             await self.notifications.stop()
+
+
+async def _unless_stopped(awaitable: Awaitable, stop: asyncio.Event) -> bool:
+    """Await `awaitable` unless `stop` is set first, which cancels it; True when it finished (its error raised)."""
+    task = asyncio.ensure_future(awaitable)
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, stopping, return_exceptions=True)
+    if task.cancelled():
+        return False
+    task.result()
+    return True

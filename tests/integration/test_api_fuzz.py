@@ -102,8 +102,8 @@ def service(database_url, tmp_path):
             served: Counter = Counter()
 
             async def count(request, response):
-                route = request.match_info.route.resource
-                served[f"{request.method} {route.canonical if route else request.path}"] += 1
+                resource = request.match_info.route.resource
+                served[f"{request.method} {resource.canonical}" if resource else "no such route (404, 405)"] += 1
             app.on_response_prepare.append(count)
             runner = web.AppRunner(app, shutdown_timeout=1)
             await runner.setup()
@@ -197,9 +197,10 @@ def test_generated_requests_get_documented_answers_and_never_a_server_error(serv
     assert not unique, f"{len(unique)} distinct failures:\n" + "\n".join(unique[:40]) + "\n\nservice log:\n" + \
         "\n".join(service.errors[:10])
     assert not service.errors, "\n".join(service.errors[:10])
-    document_operations = {f"{method.upper()} {path}" for path, item in
-                           schemathesis.openapi.from_url(f"{service.url}/openapi.json").raw_schema["paths"].items()
-                           for method in item}
+    document = schemathesis.openapi.from_url(f"{service.url}/openapi.json").raw_schema
+    # schemathesis leaves out the operation that serves the document itself
+    document_operations = {f"{method.upper()} {path}" for path, item in document["paths"].items()
+                           for method in item} - {"GET /openapi.json"}
     assert set(result.modes) == document_operations
     with_inputs = {operation for operation in document_operations if "{" in operation
                    or operation.split()[0] in ("POST", "PUT")}

@@ -19,6 +19,7 @@ from shotline.core.video_encode import probe_media
 
 from shotline_controller.api.app import create_app
 from shotline_controller.settings import Settings
+from shotline_controller.workers.runner import Workers
 from tests.conftest import fresh_database
 
 pytestmark = pytest.mark.integration
@@ -55,13 +56,22 @@ def set_status(url: str, status: str, keys=None) -> None:
 
 
 def run_service(url, state_dir, work):
+    """`work(client)` against the service as `shotline serve` runs it: the app beside its workers (here the
+    assembly worker runs the jobs; there is no ComfyUI backend to render on)."""
     settings = Settings(state_dir=state_dir, comfyui_dir=None, comfyui_python=None, extra_model_paths=None,
                         database_url=url)
 
     async def main():
-        async with AsyncConnectionPool(url, min_size=1, max_size=4, open=False) as pool:
-            async with TestClient(TestServer(create_app(pool, settings, TOKEN))) as client:
-                return await work(client)
+        async with AsyncConnectionPool(url, min_size=1, max_size=6, open=False) as pool:
+            workers, stop = Workers(pool, []), asyncio.Event()
+            running = asyncio.create_task(workers.run(stop=stop))
+            try:
+                app = create_app(pool, settings, TOKEN, notifications=workers.notifications, metrics=workers.metrics)
+                async with TestClient(TestServer(app)) as client:
+                    return await work(client)
+            finally:
+                stop.set()
+                await running
 
     return asyncio.run(main())
 
@@ -253,11 +263,50 @@ def test_a_job_left_by_a_dead_controller_is_run_again(rendered, tmp_path):
 def test_cli_flags_are_checked_before_anything_runs(tmp_path):
     result = subprocess.run([str(SHOTLINE), "assemble", str(uuid.uuid4()), "--crossfade", "-1"],
                             capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and "--crossfade: must be a number from 0 to 10" in result.stderr
+    assert result.returncode == 2 and "--crossfade: must be greater than or equal to 0, got -1.0" in result.stderr
+    result = subprocess.run([str(SHOTLINE), "assemble", str(uuid.uuid4()), "--crossfade", "11"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--crossfade: must be less than or equal to 10, got 11.0" in result.stderr
     result = subprocess.run([str(SHOTLINE), "assemble", str(uuid.uuid4()), "--episode", "1"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--title: required" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cli_music_is_stored_as_an_upload_and_ducked_under_the_scene(rendered, tmp_path):
+    """`--music FILE` is checked (audio, by its content) before anything runs, stored as an upload by its hash
+    (so the job names it as the API's would), and mixed into the scene."""
+    import hashlib
+
+    import numpy as np
+    from shotline.core.video_encode import read_video
+
+    from tests.images import write_wav
+    url, batch_id = rendered
+    set_status(url, "approved")
+    env = {**os.environ, "DATABASE_URL": url}
+    (tmp_path / "not-audio.wav").write_bytes(b"just text, whatever the name says")
+    refused = subprocess.run([str(SHOTLINE), "assemble", str(batch_id), "--music", str(tmp_path / "not-audio.wav")],
+                             capture_output=True, text=True, timeout=60, env=env)
+    assert refused.returncode == 2 and "--music: " in refused.stderr and "is not an audio file" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    seconds = np.arange(4 * 22050) / 22050
+    music = write_wav(tmp_path / "theme.wav", 0.5 * np.sin(2 * np.pi * 220 * seconds), 22050)
+    digest = hashlib.sha256(music.read_bytes()).hexdigest()
+    result = subprocess.run([str(SHOTLINE), "assemble", str(batch_id), "--scene", "alley", "--crossfade", "0",
+                             "--music", str(music), "--output", str(tmp_path / "scenes")],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT media_type, content FROM uploads WHERE sha256 = %s",
+                            (digest,)).fetchone() == ("audio/wav", music.read_bytes())
+        [(music_ref, request)] = conn.execute(
+            "SELECT a.music_path, j.request FROM assemblies a JOIN assembly_jobs j ON a.id = ANY(j.assembly_ids) "
+            "WHERE a.output_path LIKE %s", (f"{tmp_path}%",)).fetchall()
+    assert music_ref == f"sha256:{digest}" and request["music"] == music_ref
+    _, _, audio, _ = read_video(tmp_path / "scenes" / str(batch_id) / "alley.mp4")
+    assert float(np.sqrt(np.mean(audio ** 2))) > 0.01  # the still shot is silent: what is heard is the music
 
 
 def test_speaking_video_shots_from_the_video_preset_cut_into_a_scene(database_url, comfy, tmp_path):

@@ -41,7 +41,7 @@ def test_bad_sheet_names_the_field(database_url, tmp_path):
     result = shotline("character", "put", "aiko", "--sheet", tmp_path / "sheet.yaml", "--library", tmp_path,
                       env={"DATABASE_URL": database_url})
     assert result.returncode == 2
-    assert "style: must be one of anime, photo, got 'cartoon'" in result.stderr
+    assert "style: must be one of 'anime' or 'photo', got 'cartoon'" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -202,7 +202,8 @@ def test_missing_input_image_names_the_field(tmp_path):
     bad = {"shots": [{"id": "a", "prompt": "x", "image": "nowhere.png"}]}
     result = shotline("render", write_list(tmp_path / "bad.yaml", bad), "--comfy", "http://127.0.0.1:9")
     assert result.returncode == 2
-    assert "shots[0].image: no such file" in result.stderr
+    assert "shots[0].image: cannot read nowhere.png: No such file or directory" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("where", ["parent folder", "absolute path", "symlink out"])

@@ -114,6 +114,14 @@ def managed_comfy_env(settings, model_cache, tmp_path):
             "SHOTLINE_EXTRA_MODEL_PATHS": str(extra_paths)}
 
 
+def gone(process: psutil.Process) -> bool:
+    """Ended (a zombie no one has reaped yet counts as ended)."""
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def comfyui_child(controller) -> psutil.Process:
     [child] = [p for p in psutil.Process(controller.process.pid).children() if "main.py" in p.cmdline()]
     return child
@@ -139,7 +147,7 @@ def test_a_comfyui_the_service_started_is_restarted_when_killed(settings, manage
     print(f"ComfyUI killed -> restarted (answering) {restarted:.1f} s, backend reconnected "
           f"{time.monotonic() - killed:.1f} s")
     second = comfyui_child(controller)
-    assert second.pid != first.pid and not first.is_running()
+    assert second.pid != first.pid and gone(first)
     wait_until(lambda: controller.finished(batch_id), 300, "batch finished")
 
     log = controller.log_text()
@@ -160,7 +168,18 @@ def test_a_comfyui_the_service_started_is_restarted_when_killed(settings, manage
     seconds, code = controller.terminate()
     print(f"SIGTERM to exit with a managed ComfyUI: {seconds:.1f} s (exit code {code})")
     assert code == 0 and seconds < 30
-    assert not second.is_running()  # it took its ComfyUI down with it
+    assert gone(second)  # it took its ComfyUI down with it
+
+
+def test_sigterm_while_its_comfyui_starts_stops_both_in_seconds(managed_comfy_env, controllers):
+    controller = controllers([], env=managed_comfy_env)
+    child = wait_until(lambda: next(iter(psutil.Process(controller.process.pid).children()), None), 30,
+                       "ComfyUI launched")
+    assert not controller.backends()[0]["connected"]  # still starting: the API answers meanwhile
+    seconds, code = controller.terminate()
+    print(f"\nSIGTERM to exit while its ComfyUI was starting: {seconds:.1f} s (exit code {code})")
+    assert code == 0 and seconds < 10, controller.log_text()
+    assert gone(child)
 
 
 def test_cancelling_a_running_shot_interrupts_its_prompt(comfy, controllers, database_url):

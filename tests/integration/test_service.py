@@ -12,6 +12,7 @@ a documented content type, and a body valid against the documented schema. What 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import hmac
 import io
@@ -19,7 +20,9 @@ import json
 import os
 import re
 import stat
+import threading
 import time
+import urllib.request
 import uuid
 import wave
 
@@ -414,6 +417,79 @@ def test_deep_nesting_is_a_400_and_a_21_mb_body_is_a_413(database_url, tmp_path)
     assert shots == 2  # the batch the assembly request was sent to, nothing else
 
 
+def test_a_body_whose_content_encoding_does_not_decode_is_a_400(database_url, tmp_path):
+    """Found by the fuzz run's neighbour probes: aiohttp raised RequestPayloadError out of the body readers (500)."""
+    garbage = {"Content-Encoding": "gzip"}
+
+    async def work(client, pool):
+        answers = []
+        for method, path, content_type in (
+                ("POST", "/api/v1/batches", "application/json"),
+                ("POST", "/api/v1/uploads", "multipart/form-data; boundary=b0undary"),
+                ("PUT", "/api/v1/characters/aiko", "application/x-www-form-urlencoded"),
+                ("POST", f"/api/v1/shots/{uuid.uuid4()}/review", "application/json")):
+            response = await client.request(method, path, data=b"this is not gzip",
+                                            headers={**AUTH, **garbage, "Content-Type": content_type})
+            answers.append((response.status, (await response.json()).get("field")))
+        compressed = await client.post("/api/v1/batches", data=gzip.compress(_json({})),
+                                       headers={**AUTH, **garbage, "Content-Type": "application/json"})
+        return answers, compressed.status, await shot_count(pool)
+
+    answers, compressed, shots = run_service(database_url, tmp_path, work)
+    assert answers == [(400, "body")] * 4
+    assert (compressed, shots) == (201, 1)  # a body that does decode is read as usual
+
+
+@pytest.mark.parametrize("path, content_type, body, field", [
+    ("/api/v1/batches", "application/yaml", b"shots:\n  - id: " + b"9" * 5000 + b"\n    prompt: x\n", "body"),
+    ("/api/v1/batches", "application/yaml", b"shots:\n  - id: a\n    prompt: x\n    seed: 2024-13-45\n", "body"),
+    ("/api/v1/characters/aiko", "application/x-www-form-urlencoded",
+     b"sheet=name%3A+Aiko%0Adesign_prompt%3A+x%0Aborn%3A+2024-02-30", "sheet"),
+    ("/api/v1/characters/aiko", "application/x-www-form-urlencoded",
+     b"sheet=name%3A+Aiko%0Adesign_prompt%3A+x%0A1%3A+2", "sheet[1]"),
+])
+def test_yaml_values_python_cannot_build_are_a_400(database_url, tmp_path, path, content_type, body, field):
+    """A 5000-digit integer or the 13th month made PyYAML's constructors raise ValueError: a 500 before."""
+    async def work(client, pool):
+        method = client.put if "characters" in path else client.post
+        response = await method(path, data=body, headers={**AUTH, "Content-Type": content_type})
+        return response.status, await response.json()
+
+    status, answer = run_service(database_url, tmp_path, work)
+    assert (status, answer["field"]) == (400, field), answer
+
+
+def yaml_alias_bomb(levels: int, at: str) -> bytes:
+    """Nine lists of nine aliases, `levels` deep: 9**levels values in a few hundred bytes."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return ("\n".join(lines) + "\n" + at.format(bomb=f"*a{levels - 1}") + "\n").encode()
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(database_url, tmp_path):
+    """387 million values in 460 bytes: quoting the wrong value back (repr) took minutes and gigabytes before."""
+    batch = yaml_alias_bomb(9, "shots: [{{id: a, prompt: {bomb}}}]")
+    sheet = yaml_alias_bomb(9, "name: Aiko\ndesign_prompt: {bomb}")
+    anchors = b"shots:\n  - &base {id: a, prompt: x, steps: 20}\n  - {<<: *base, id: b}\n"
+
+    async def work(client, pool):
+        started = time.monotonic()
+        refused = await asyncio.wait_for(client.post(
+            "/api/v1/batches", data=batch, headers={**AUTH, "Content-Type": "application/yaml"}), 10)
+        form = aiohttp.FormData()
+        form.add_field("sheet", sheet.decode(), content_type="application/yaml")
+        sheet_refused = await asyncio.wait_for(client.put("/api/v1/characters/aiko", data=form, headers=AUTH), 10)
+        seconds = time.monotonic() - started
+        merged = await client.post("/api/v1/batches", data=anchors,
+                                   headers={**AUTH, "Content-Type": "application/yaml"})
+        return [(r.status, (await r.json())["field"]) for r in (refused, sheet_refused)], seconds, merged.status, \
+            await sql(pool, "SELECT shot_key, params->>'steps' FROM shots ORDER BY position")
+
+    refusals, seconds, merged, shots = run_service(database_url, tmp_path, work)
+    assert refusals == [(400, "body"), (400, "sheet")] and seconds < 5
+    assert merged == 201 and shots == [("a", "20"), ("b", "20")]  # anchors a person writes still work
+
+
 @pytest.mark.parametrize("request_path, body, field", [
     ("/api/v1/characters/aiko%0A", None, "folder"),
     ("/api/v1/batches", {"shots": [{"id": "s01\n", "prompt": "x"}]}, "shots[0].id"),
@@ -691,6 +767,32 @@ def big_yaml_shot_list(shots: int = 10_000) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+class HealthPoller:
+    """Asks GET /health from a thread of its own (so a stalled event loop cannot hide from the clock) and keeps
+    the slowest answer."""
+
+    def __init__(self, url: str):
+        self.url, self.worst, self.answered = url, 0.0, 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self):
+        while not self.stop.is_set():
+            asked = time.perf_counter()
+            with urllib.request.urlopen(self.url, timeout=30) as response:
+                self.answered += response.status == 200
+            self.worst = max(self.worst, time.perf_counter() - asked)
+            time.sleep(0.02)
+
+    async def __aenter__(self):
+        self.thread.start()
+        return self
+
+    async def __aexit__(self, *exc):
+        self.stop.set()
+        await asyncio.to_thread(self.thread.join, 30)  # the loop keeps serving the question in flight
+
+
 def test_yaml_is_parsed_off_the_event_loop(database_url, tmp_path):
     data = big_yaml_shot_list()
     started = time.perf_counter()
@@ -698,36 +800,28 @@ def test_yaml_is_parsed_off_the_event_loop(database_url, tmp_path):
     parse_seconds = time.perf_counter() - started
 
     async def work(client, pool):
-        post = asyncio.ensure_future(client.post("/api/v1/batches", data=data,
-                                                 headers={**AUTH, "Content-Type": "application/yaml"}))
-        worst, answered = 0.0, 0
-        while not post.done():
-            asked = time.perf_counter()
-            response = await client.get("/health")
-            worst = max(worst, time.perf_counter() - asked)
-            answered += response.status == 200
-            await asyncio.sleep(0.05)
-        response = await post
-        submitted = time.perf_counter() - started
+        async with HealthPoller(str(client.make_url("/health"))) as health:
+            started = time.perf_counter()
+            response = await client.post("/api/v1/batches", data=data,
+                                         headers={**AUTH, "Content-Type": "application/yaml"})
+            submitted = time.perf_counter() - started
         over = data + b"  - id: extra\n    prompt: " + b"x" * (MAX_YAML_BYTES - len(data)) + b"\n"
         too_big = await client.post("/api/v1/batches", data=over, headers={**AUTH, "Content-Type": "text/yaml"})
-        return response.status, worst, answered, submitted, too_big.status, await too_big.json(), \
-            await shot_count(pool)
+        return response.status, health, submitted, too_big.status, await too_big.json(), await shot_count(pool)
 
-    started = time.perf_counter()
-    status, worst, answered, submitted, too_big, refusal, shots = run_service(database_url, tmp_path, work)
-    print(f"\n{len(data) / 1e6:.1f} MB of YAML: parsed in {parse_seconds:.1f} s, submitted in {submitted:.1f} s; "
-          f"/health answered {answered} times meanwhile, the slowest in {worst * 1000:.0f} ms")
+    status, health, submitted, too_big, refusal, shots = run_service(database_url, tmp_path, work)
+    print(f"\n{len(data) / 1e6:.1f} MB of YAML: parsed alone in {parse_seconds:.1f} s, submitted in {submitted:.1f} s; "
+          f"/health answered {health.answered} times meanwhile, the slowest in {health.worst * 1000:.0f} ms")
     assert status == 201 and shots == 10_000
     assert 3.4e6 < len(data) < MAX_YAML_BYTES and parse_seconds > 2.0  # else the test proves nothing
-    assert answered >= 10 and worst < min(1.0, parse_seconds / 4)
+    assert health.answered >= 10 and health.worst < min(1.0, parse_seconds / 4)
     assert (too_big, refusal["field"]) == (400, "body") and "YAML over" in refusal["error"]
 
 
 # --- event streams ---------------------------------------------------------------------------------------------
 
 async def read_event(response) -> tuple[str, dict]:
-    """The next server-sent event; its data must be a BatchEvent as the document describes it."""
+    """The next server-sent event: its name and its data, both as the document describes them."""
     event, data = None, None
     while True:
         line = (await response.content.readline()).decode()
@@ -737,19 +831,27 @@ async def read_event(response) -> tuple[str, dict]:
         if line.startswith("event: "):
             event = line[7:]
         elif line.startswith("data: "):
-            data = json.loads(line[6:])
+            data = line[6:]
         elif line == "" and event:
-            assert not answer_problems_of_event(data), answer_problems_of_event(data)
-            return event, data
+            problems = event_problems(event, data)
+            assert not problems, problems
+            return event, json.loads(data)
 
 
-def answer_problems_of_event(data: dict) -> list[str]:
+def event_problems(event: str, data: str) -> list[str]:
+    """Why one event of GET /api/v1/batches/{batch_id}/events does not match the document: the event itself,
+    and its data (JSON text) against the event's `contentSchema`."""
     from shotline_controller.api.openapi import openapi_document
     document = openapi_document()
     schema = document["paths"]["/api/v1/batches/{batch_id}/events"]["get"]["responses"]["200"]["content"][
         "text/event-stream"]["schema"]
-    validator = jsonschema_rs.validator_for({"components": document["components"], **schema}, validate_formats=True)
-    return [error.message for error in validator.iter_errors(data)]
+    problems = []
+    for value, part in (({"event": event, "data": data}, schema), (json.loads(data),
+                                                                   schema["properties"]["data"]["contentSchema"])):
+        validator = jsonschema_rs.validator_for({"components": document["components"], **part},
+                                                validate_formats=True)
+        problems += [error.message for error in validator.iter_errors(value)]
+    return problems
 
 
 def events_of(client, batch_id, headers=AUTH):
@@ -1183,8 +1285,11 @@ def test_openapi_is_the_contract_of_every_route(database_url, tmp_path):
     assert {"type": "null"} in schemas["BatchRequest"]["properties"]["webhook_url"]["anyOf"]
     assert schemas["Batch"]["properties"]["webhook_url"]["anyOf"][-1] == {"type": "null"}
     events = document["paths"]["/api/v1/batches/{batch_id}/events"]["get"]
-    assert events["responses"]["200"]["content"] == {
-        "text/event-stream": {"schema": {"$ref": "#/components/schemas/BatchEvent"}}}
+    [(media_type, stream)] = events["responses"]["200"]["content"].items()
+    assert media_type == "text/event-stream" and stream["schema"]["required"] == ["event", "data"]
+    assert stream["schema"]["properties"]["data"] == {
+        "type": "string", "contentMediaType": "application/json",
+        "contentSchema": {"$ref": "#/components/schemas/BatchEvent"}}
     batches = document["paths"]["/api/v1/batches"]["post"]
     assert set(batches["requestBody"]["content"]) == {"application/json", "application/yaml", "multipart/form-data"}
     assert batches["requestBody"]["content"]["application/json"]["schema"] == {
@@ -1202,3 +1307,4 @@ def test_the_answer_check_catches_an_answer_that_drifts_from_the_document():
     assert answer_problems(document, "GET", "/health", 200, "text/html", b"<p>ok</p>")
     assert answer_problems(document, "GET", f"/api/v1/batches/{uuid.uuid4()}", 404, "application/json",
                            b'{"error": 1}')
+    assert event_problems("progress", json.dumps({"id": str(uuid.uuid4())}))
