@@ -85,6 +85,8 @@ class WebhookPolicy:
         try:
             infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM),
                                            RESOLVE_TIMEOUT_SECONDS)
+        except UnicodeError:  # the IDNA codec's: an empty label (a..b, .example) or one over 63 characters
+            raise WebhookRefused(f"the host {host!r} is not a valid host name") from None
         except (OSError, asyncio.TimeoutError):
             raise WebhookRefused(f"the host {host!r} does not resolve") from None
         if not infos:

@@ -14,9 +14,7 @@ import os
 import secrets
 from pathlib import Path
 
-import psycopg
 from aiohttp import web
-from psycopg_pool import PoolTimeout
 
 from shotline_controller.api.keys import (
     BACKENDS,
@@ -30,7 +28,7 @@ from shotline_controller.api.keys import (
     WEBHOOKS,
 )
 from shotline_controller.api.openapi import openapi_document
-from shotline_controller.api.requests import MAX_BODY_BYTES, ApiError, error_response
+from shotline_controller.api.requests import DATABASE_TROUBLE, MAX_BODY_BYTES, ApiError, error_response
 from shotline_controller.api.routes import ROUTES
 from shotline_controller.contract import InputError
 from shotline_controller.metrics import ControllerMetrics
@@ -39,7 +37,6 @@ from shotline_controller.webhook_policy import WebhookPolicy
 
 log = logging.getLogger("shotline.service")
 TOKEN_FILE = "service_token"
-DATABASE_TROUBLE = (PoolTimeout, psycopg.OperationalError)
 
 
 def load_or_create_token(state_dir: Path) -> tuple[str, bool]:

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from shotline_controller.api.keys import METRICS, NOTIFICATIONS, POOL, STREAMS, WEBHOOKS
 from shotline_controller.api.requests import (
+    DATABASE_TROUBLE,
     ApiError,
     Multipart,
     answer,
@@ -192,7 +193,10 @@ async def _stream(request: web.Request, batch: dict, changed: asyncio.Event) -> 
             except asyncio.TimeoutError:
                 pass
             changed.clear()
-            batch = await store.batch(batch["id"])
+            try:
+                batch = await store.batch(batch["id"])
+            except DATABASE_TROUBLE:  # the answer has begun: end it; the client reconnects (503 until it is back)
+                break
             if batch is None:  # deleted meanwhile
                 break
     except ConnectionResetError:

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import aiohttp
+import psycopg
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel
@@ -26,6 +27,7 @@ YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yam
 JSON_TYPES = {"application/json", ""}
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 LONG_LIST = 500   # answers with more items than this are built in a worker thread
+DATABASE_TROUBLE = psycopg.OperationalError  # the server away, or the pool out of connections (PoolTimeout)
 
 
 class ApiError(Exception):
@@ -73,7 +75,9 @@ async def read_body(request: web.Request) -> bytes:
 
 
 def unreadable() -> ApiError:
-    return ApiError("body", "cannot be read: a Content-Encoding that does not decode, or a broken chunk")
+    # the rest of such a body cannot be read past either, so the connection ends with this answer
+    return ApiError("body", "cannot be read: a Content-Encoding that does not decode, or a broken chunk",
+                    headers={"Connection": "close"})
 
 
 def body_format(request: web.Request, allowed=("json", "yaml")) -> str:

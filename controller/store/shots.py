@@ -77,7 +77,7 @@ class NextClaim:
 
 
 def claimed_shot(row: dict | None) -> ClaimedShot | None:
-    if row is None:
+    if row is None or row["id"] is None:  # nothing was queued
         return None
     return ClaimedShot(id=row["id"], batch_id=row["batch_id"], shot_key=row["shot_key"], workflow=row["workflow"],
                        params={**row["params"], **(row["next_params"] or {})}, correction=row["next_correction"],
@@ -103,16 +103,16 @@ fresh AS (
     FROM claimed c, history h
     WHERE h.attempts < c.max_attempts AND NOT EXISTS (SELECT 1 FROM last WHERE last.status IN {OPEN_ATTEMPT})
     RETURNING id, prompt_id),
-note AS (SELECT {_notify('changed', 'c.batch_id')} FROM claimed c)
+note AS (SELECT {_notify('changed', 'c.batch_id')} FROM claimed c)"""
+_CLAIM_SELECT = """
 SELECT c.*, h.attempts, (SELECT row_to_json(last) FROM last) AS last_attempt, f.id AS attempt_id, f.prompt_id,
        (SELECT count(*) FROM note) AS notified
-FROM claimed c CROSS JOIN history h LEFT JOIN fresh f ON true
-"""
+FROM claimed c CROSS JOIN history h LEFT JOIN fresh f ON true"""
 
 
-def _claim_sql(queue: LeaseQueue, prefer_checkpoint: bool) -> str:
+def _claim_ctes(queue: LeaseQueue, prefer_checkpoint: bool) -> str:
     if not prefer_checkpoint:
-        return "WITH " + queue.claim_ctes(_CLAIMED_COLUMNS) + _CLAIM_REST
+        return queue.claim_ctes(_CLAIMED_COLUMNS) + _CLAIM_REST
     # the checkpoint the backend has loaded first, so a GPU does not swap models between shots; either part walks
     # an index in queue order (shots_queued_checkpoint_idx, shots_queued_idx), and `other` only runs when
     # `preferred` found nothing
@@ -122,19 +122,19 @@ def _claim_sql(queue: LeaseQueue, prefer_checkpoint: bool) -> str:
                  f"other AS (SELECT id FROM shots WHERE status = '{queued}' AND NOT EXISTS (SELECT 1 FROM preferred) "
                  f"  ORDER BY {order} FOR UPDATE SKIP LOCKED LIMIT 1), "
                  "next AS (SELECT id FROM preferred UNION ALL SELECT id FROM other)")
-    return "WITH " + queue.claim_ctes(_CLAIMED_COLUMNS, preferred) + _CLAIM_REST
+    return queue.claim_ctes(_CLAIMED_COLUMNS, preferred) + _CLAIM_REST
 
 
 # The hot path (an attempt's record and the claim that follows it) commits without waiting for the WAL flush: a
 # PostgreSQL crash can forget the last fraction of a second of it, which the controllers already survive (an
 # attempt left open is followed again by its prompt_id on ComfyUI; a claim forgotten is a shot queued again).
 # Everything else, and all that a person did (a submitted batch, a cancel, a review, an upload), waits for it.
-_QUEUE_COMMIT = "SET LOCAL synchronous_commit = off"
+_QUICK_COMMIT = "quick_commit AS (SELECT set_config('synchronous_commit', 'off', true) AS off)"
 
 # --- finishing: one statement closes the attempt, records what it made, and moves the shot ---------------------
 
-_FINISH = f"""
-WITH closed AS (
+_FINISH_CTES = f"""
+closed AS (
     UPDATE attempts SET status = %(attempt_status)s, error = %(error)s, finished_at = now(),
       inputs = coalesce(%(inputs)s, inputs)
     WHERE id = %(attempt)s AND status IN {OPEN_ATTEMPT} RETURNING id, shot_id),
@@ -162,24 +162,27 @@ moved AS (
       claimed_by = CASE WHEN %(release)s THEN NULL ELSE s.claimed_by END,
       lease_until = CASE WHEN %(release)s THEN NULL ELSE s.lease_until END
     FROM closed WHERE s.id = closed.shot_id AND s.status IN {OPEN} RETURNING s.batch_id),
-note AS (SELECT {_notify('changed', 'm.batch_id')} FROM moved m)
-SELECT (SELECT count(*) FROM closed) AS closed, (SELECT count(*) FROM note) AS notified
-"""
+finish_note AS (SELECT {_notify('changed', 'm.batch_id')} FROM moved m)"""
+_FINISH = ("WITH " + _FINISH_CTES + " SELECT (SELECT count(*) FROM closed) AS recorded, "
+           "(SELECT count(*) FROM finish_note) AS notified")
+
+
+def _finish_and_claim_sql(queue: LeaseQueue, prefer_checkpoint: bool) -> str:
+    """One statement: the attempt's record and the slot's next claim (so one round trip, and one transaction that
+    commits without waiting for the flush). Its snapshot cannot see the finished shot as queued, so a shot queued
+    again by its correction is claimed by a later claim, never by this one."""
+    return ("WITH " + _QUICK_COMMIT + ", " + _FINISH_CTES + ", " + _claim_ctes(queue, prefer_checkpoint)
+            + " SELECT (SELECT count(*) FROM closed) AS recorded, (SELECT count(*) FROM finish_note) "
+            "+ (SELECT count(*) FROM quick_commit WHERE off IS NOT NULL) AS finish_notified, claim.* "
+            "FROM (SELECT 1) AS one LEFT JOIN (" + _CLAIM_SELECT + ") AS claim ON true")
 
 
 class ShotStore:
     def __init__(self, pool: AsyncConnectionPool):
         self.pool = pool
         self.leases = LeaseQueue(SHOTS)
-        self._claim = {False: _claim_sql(self.leases, False), True: _claim_sql(self.leases, True)}
-
-    @asynccontextmanager
-    async def _bookkeeping(self):
-        """A connection in a pipelined transaction for the queue's own bookkeeping: the statements go out
-        together (one round trip) and commit without waiting for the WAL flush (_QUEUE_COMMIT)."""
-        async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
-            await conn.execute(_QUEUE_COMMIT)
-            yield conn
+        self._claim = {prefer: "WITH " + _claim_ctes(self.leases, prefer) + _CLAIM_SELECT for prefer in (False, True)}
+        self._finish_and_claim = {prefer: _finish_and_claim_sql(self.leases, prefer) for prefer in (False, True)}
 
     # --- submitting -----------------------------------------------------------------------------------------
 
@@ -268,9 +271,9 @@ class ShotStore:
                                outputs=(), verdicts=(), error: dict | None = None, inputs: dict | None = None,
                                attempt_status: AttemptStatus | None = None,
                                retry: dict | None = None) -> tuple[bool, ClaimedShot | None]:
-        """finish_attempt, and (with `claim`) the slot's next claim sent with it in one pipeline: one round trip
-        to PostgreSQL for both, which is most of what a shot costs the controller. The two run as one
-        transaction: a claim that fails leaves the attempt open too, to be followed again."""
+        """finish_attempt, and (with `claim`) the slot's next claim in the same statement: one round trip to
+        PostgreSQL for both, which is most of what a shot costs the controller. The two are one transaction: a
+        claim that fails leaves the attempt open too, to be followed again."""
         attempt_status = attempt_status or (AttemptStatus.FAILED if error else AttemptStatus.SUCCEEDED)
         status = ShotStatus.QUEUED if retry else ShotStatus(shot_status)
         finish = {"attempt": attempt_id, "attempt_status": attempt_status.value,
@@ -280,12 +283,15 @@ class ShotStore:
                   "next_params": Jsonb(retry["params"]) if retry else None,
                   "next_correction": Jsonb(retry["correction"]) if retry else None,
                   "release": status is not ShotStatus.RUNNING}
-        async with self._bookkeeping() as conn:
-            finished = await conn.execute(_FINISH, finish)
-            if claim is not None:
-                claimed = conn.cursor(row_factory=dict_row)
-                await claimed.execute(self._claim[claim.prefer_checkpoint is not None], claim.params())
-        return (await finished.fetchone())[0] > 0, claimed_shot(await claimed.fetchone()) if claim else None
+        async with self.pool.connection() as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            if claim is None:
+                await cursor.execute(_FINISH, finish)
+                return (await cursor.fetchone())["recorded"] > 0, None
+            await cursor.execute(self._finish_and_claim[claim.prefer_checkpoint is not None],
+                                 {**finish, **claim.params()})
+            row = await cursor.fetchone()
+        return row["recorded"] > 0, claimed_shot(row)
 
     async def end_shot(self, shot_id: uuid.UUID, status: ShotStatus) -> None:
         async with self.pool.connection() as conn:

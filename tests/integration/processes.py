@@ -88,6 +88,7 @@ class Controller:
                 assert self.process.poll() is None, self.log_text()
                 time.sleep(0.1)
         self.kill()
+        self.log.close()
         raise TimeoutError(f"controller did not answer /health within {health_timeout:.0f} s:\n{self.log_text()}")
 
     def log_text(self) -> str:

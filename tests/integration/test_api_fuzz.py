@@ -107,10 +107,9 @@ def service(database_url, tmp_path):
             app.on_response_prepare.append(count)
             runner = web.AppRunner(app, shutdown_timeout=1)
             await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            port = site._server.sockets[0].getsockname()[1]
-            url = f"http://127.0.0.1:{port}"
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            host, port = runner.addresses[0][:2]
+            url = f"http://{host}:{port}"
             try:
                 state["service"] = RunningService(url, await _seed(url, pool), served, errors)
             except BaseException as error:  # noqa: BLE001 - reported in the test's thread
@@ -129,6 +128,7 @@ def service(database_url, tmp_path):
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(30)
+        loop.close()
         logging.getLogger("shotline").removeHandler(handler)
 
 
@@ -143,7 +143,8 @@ def fuzz_config(ids: dict[str, list[str]]) -> schemathesis.Config:
         "request-timeout": 10,
         "max-stream-events": 1,          # an open batch's event stream never ends by itself
         "suppress-health-check": ["all"],
-        "generation": {"mode": "all", "max-examples": MAX_EXAMPLES, "deterministic": True, "no-shrink": True},
+        "generation": {"mode": "all", "max-examples": MAX_EXAMPLES, "deterministic": True, "no-shrink": True,
+                       "database": "none"},
         "checks": {"enabled": False, **{name: {"enabled": True} for name in CHECKS}},
         "phases": {"examples": {"enabled": False}, "coverage": {"enabled": True}, "fuzzing": {"enabled": True},
                    "stateful": {"enabled": False}},

@@ -8,11 +8,12 @@ import signal
 
 import pytest
 
-pytest.register_assert_rewrite("tests.integration.processes")  # its asserts explain themselves
-from tests.integration.processes import (
+from tests.integration.processes import (  # noqa: F401 (comfy_servers, controllers: fixtures)
     TOKEN,
     assert_each_shot_ended_once,
     attempts,
+    comfy_servers,
+    controllers,
     history,
     shotline,
     shots,
@@ -20,7 +21,6 @@ from tests.integration.processes import (
 )
 
 pytestmark = pytest.mark.integration
-pytest_plugins = ("tests.integration.processes",)  # its fixtures: controllers, comfy_servers
 
 
 def test_a_batch_across_two_backends_survives_a_killed_comfyui(comfy, comfy_servers, controllers, database_url):

@@ -107,8 +107,9 @@ def test_the_node_pack_validates_for_the_comfy_registry(tmp_path):
     comfy = Path(sys.executable).parent / "comfy"
     env = clean_env(HOME=str(tmp_path / "home"), XDG_CONFIG_HOME=str(tmp_path / "home" / ".config"))
     result = run([comfy, "--skip-prompt", "node", "validate"], timeout=120, cwd=PACK, env=env)
-    assert "All validation checks passed successfully" in result.stdout, result.stdout
-    assert "Security warnings" not in result.stdout
+    said = result.stdout + result.stderr  # its verdicts go to stderr
+    assert "All validation checks passed successfully" in said, said
+    assert "Security warnings" not in said
 
     # and it does check: a pyproject without a version is refused
     broken = tmp_path / "broken"
@@ -117,7 +118,8 @@ def test_the_node_pack_validates_for_the_comfy_registry(tmp_path):
     (broken / "pyproject.toml").write_text(re.sub(r'(?m)^version = ".*"$', 'version = ""', text))
     refused = subprocess.run([comfy, "--skip-prompt", "node", "validate"], capture_output=True, text=True,
                              timeout=120, cwd=broken, env=env)
-    assert refused.returncode == 1 and "project version is empty" in refused.stdout, refused.stdout
+    said = refused.stdout + refused.stderr
+    assert refused.returncode == 1 and "project version is empty" in said, said
 
 
 def test_the_node_pack_installs_with_pip_on_its_own(tmp_path):

@@ -13,13 +13,13 @@ import pytest
 import yaml
 
 from shotline_controller.comfy.server import free_port
-
-pytest.register_assert_rewrite("tests.integration.processes")  # its asserts explain themselves
-from tests.integration.processes import (
+from tests.integration.processes import (  # noqa: F401 (comfy_servers, controllers: fixtures)
     TOKEN,
     answers,
     assert_each_shot_ended_once,
     attempts,
+    comfy_servers,
+    controllers,
     history,
     http,
     http_text,
@@ -29,7 +29,6 @@ from tests.integration.processes import (
 )
 
 pytestmark = pytest.mark.integration
-pytest_plugins = ("tests.integration.processes",)  # its fixtures: controllers, comfy_servers
 
 
 def nowhere() -> str:
@@ -61,8 +60,8 @@ def test_serve_answers_before_its_comfyui_is_up_and_renders_once_it_is(comfy_ser
     with concurrent.futures.ThreadPoolExecutor(1) as starting:
         started = starting.submit(comfy_servers, port_of(url))
         while not started.done():
-            rows, counts, [backend] = attempts(database_url, batch_id), batch_counts(controller, batch_id), \
-                controller.backends()
+            rows, counts = attempts(database_url, batch_id), batch_counts(controller, batch_id)
+            [backend] = controller.backends()
             if answers(url):
                 break
             assert counts == {"queued": 3} and all(row["status"] is None for row in rows), (counts, rows)

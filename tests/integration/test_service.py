@@ -531,6 +531,20 @@ def test_webhooks_to_the_farms_own_network_are_refused(database_url, tmp_path, u
     assert (status, answer["field"], shots) == (400, "webhook_url", 0), answer
 
 
+@pytest.mark.parametrize("url", ["http://a..b/hook", "http://.example/", "http://\u3002example/",
+                                 "http://" + "a" * 64 + ".example/"])
+def test_a_webhook_host_that_is_no_host_name_is_a_400_not_a_500(database_url, tmp_path, url):
+    """Empty labels and labels over 63 characters made the IDNA codec raise UnicodeError out of the check."""
+    async def work(client, pool):
+        response = await client.post("/api/v1/batches", json={"shots": [{"id": "a", "prompt": "x"}],
+                                                              "webhook_url": url}, headers=AUTH)
+        return response.status, await response.json(), await shot_count(pool)
+
+    status, answer, shots = run_service(database_url, tmp_path, work)
+    assert (status, answer["field"], shots) == (400, "webhook_url", 0), answer
+    assert "not a valid host name" in answer["error"]
+
+
 class Receiver:
     """A tiny webhook receiver on 127.0.0.1: records what it is sent; `/redirect-*` answer 302."""
 
@@ -979,6 +993,21 @@ def test_a_database_that_is_busy_or_closed_gives_503_not_500(database_url, tmp_p
         status, retry_after, body = answers[name]
         assert (status, retry_after) == (503, "2") and "try again" in body["error"], (name, body)
     assert answers["health"] == 200
+
+
+def test_an_event_stream_ends_when_the_database_goes_away(database_url, tmp_path):
+    """Its answer has begun, so it cannot become a 503: it used to hang, neither ended nor answered."""
+    async def work(client, pool):
+        created = await submit(client, [{"id": "a", "prompt": "x"}])
+        async with events_of(client, created["batch_id"]) as response:
+            first, _ = await asyncio.wait_for(read_event(response), 5)
+            await pool.close()
+            rest = await asyncio.wait_for(response.content.read(), 6)  # the 2 s tick finds the database gone
+        again = await events_of(client, created["batch_id"])
+        return first, rest, again.status
+
+    first, rest, again = run_service(database_url, tmp_path, work)
+    assert (first, rest, again) == ("progress", b"", 503)
 
 
 def test_a_database_that_cannot_be_reached_gives_503(database_url, tmp_path):

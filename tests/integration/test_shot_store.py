@@ -12,7 +12,7 @@ from shotline_controller.contract import shots_of
 from shotline_controller.store.assemblies import AssemblyStore
 from shotline_controller.store.migrations import MIGRATIONS_DIR, apply_migrations
 from shotline_controller.store.notifications import Notifications, StreamLimit
-from shotline_controller.store.shots import ShotStore
+from shotline_controller.store.shots import NextClaim, ShotStore
 from shotline_controller.store.status import AttemptStatus, JobStatus, ShotStatus
 
 pytestmark = pytest.mark.integration
@@ -183,3 +183,29 @@ def test_transitions_and_their_notifications(database_url):
         finally:
             await hub.stop()
     assert run(database_url, work) == ("queued", 4, 0)
+
+
+def test_a_finish_carries_the_next_claim_in_the_same_statement(database_url):
+    async def work(pool):
+        store = ShotStore(pool)
+        await store.submit_batch(shots_of([{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"}]), "test",
+                                 max_attempts=2)
+        first = await store.claim("w1", 30, "http://b")
+        retry = {"params": {"seed": 9}, "correction": {"changes": {"seed": 9}, "reason": "blurry"}}
+        recorded, following = await store.finish_and_claim(first.attempt_id, ShotStatus.REJECTED,
+                                                           NextClaim("w1", 30, "http://b"), retry=retry)
+        # the shot queued again by its correction is not the one claimed with its own record
+        assert recorded and following.shot_key == "b" and following.attempt_id is not None
+        recorded, again = await store.finish_and_claim(following.attempt_id, ShotStatus.APPROVED,
+                                                       NextClaim("w1", 30, "http://b"))
+        assert recorded and again.shot_key == "a" and again.correction["reason"] == "blurry"
+        recorded, none_left = await store.finish_and_claim(again.attempt_id, ShotStatus.APPROVED,
+                                                           NextClaim("w1", 30, "http://b"))
+        async with pool.connection() as conn:  # the quick commit was that statement's alone
+            setting = (await (await conn.execute("SHOW synchronous_commit")).fetchone())[0]
+        return recorded, none_left, setting, await rows(
+            pool, "SELECT s.shot_key, a.attempt_no, a.status FROM attempts a JOIN shots s ON s.id = a.shot_id "
+                  "ORDER BY s.shot_key, a.attempt_no")
+    recorded, none_left, setting, attempts = run(database_url, work)
+    assert recorded and none_left is None and setting == "on"
+    assert attempts == [("a", 1, "succeeded"), ("a", 2, "succeeded"), ("b", 1, "succeeded")]
