@@ -13,6 +13,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import threading
 import sys
 import time
 import urllib.error
@@ -83,6 +84,8 @@ class LocalComfyServer:
         if self.output_dir:
             self.command += ["--output-directory", str(self.output_dir)]
         self.process: subprocess.Popen | None = None
+        self._launch = threading.Lock()   # start() in a thread and stop() agree on whether a process exists
+        self._stop_asked = False
 
     def start(self, timeout: float = 120.0, append_log: bool = False) -> float:
         """Start the server; returns the seconds until /system_stats answered.
@@ -94,7 +97,9 @@ class LocalComfyServer:
             if folder:
                 folder.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        with open(self.log_path, "ab" if append_log else "wb") as log_file:  # the child keeps its own copy
+        with self._launch, open(self.log_path, "ab" if append_log else "wb") as log_file:  # the child keeps a copy
+            if self._stop_asked:  # stop() came while this start was getting ready (in its thread): start nothing
+                raise ComfyStartError("stopped before ComfyUI was started")
             self.process = subprocess.Popen(self.command, cwd=self.comfyui_dir, stdout=log_file,
                                             stderr=subprocess.STDOUT)
         while time.monotonic() - started < timeout:
@@ -108,6 +113,12 @@ class LocalComfyServer:
                 time.sleep(0.2)
         self.stop()
         raise ComfyStartError(f"ComfyUI did not answer within {timeout:.0f} s; see {self.log_path}")
+
+    def arm(self) -> None:
+        """Allow the next start() again after a stop() (a supervisor restarting it). Called on the caller's
+        thread before start() runs in another, so a stop() in between still wins."""
+        with self._launch:
+            self._stop_asked = False
 
     @property
     def running(self) -> bool:
@@ -123,6 +134,8 @@ class LocalComfyServer:
         return [line for line in self.log_text().splitlines() if IMPORT_FAILURE.search(line)]
 
     def stop(self) -> None:
+        with self._launch:  # a start running in another thread either has its process now, or will start none
+            self._stop_asked = True
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -172,6 +185,7 @@ class ComfySupervisor:
     async def start(self) -> float:
         """Start the server (raises ComfyStartError when it cannot start at all), then watch it; returns the
         seconds until it answered."""
+        self.server.arm()
         seconds = await asyncio.to_thread(self.server.start, self.start_timeout)
         self._watcher = asyncio.create_task(self._watch(), name=f"supervise ComfyUI {self.url}")
         return seconds
@@ -231,6 +245,7 @@ class ComfySupervisor:
             with open(self.server.log_path, "ab") as log_file:  # the crashed run's lines stay above this one
                 log_file.write(f"\n--- shotline: restarting ComfyUI after exit code {self.last_exit} ---\n".encode())
             return self.server.start(self.start_timeout, append_log=True)
+        self.server.arm()
         try:
             seconds = await asyncio.to_thread(restart)
         except ComfyStartError as error:

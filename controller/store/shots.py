@@ -15,6 +15,8 @@ per-character scores), which is what keeps the controller's own cost per shot sm
 """
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -74,6 +76,11 @@ class NextClaim:
     def params(self) -> dict:
         return {"limit": 1, "worker": self.worker, "lease": self.lease_seconds, "backend": self.backend,
                 "checkpoint": self.prefer_checkpoint}
+
+
+def _as_json(shots) -> str:
+    """The shots' stored form as one JSON array (built off the event loop for a long batch)."""
+    return json.dumps([shot.as_dict() for shot in shots])
 
 
 def claimed_shot(row: dict | None) -> ClaimedShot | None:
@@ -189,6 +196,7 @@ class ShotStore:
     async def submit_batch(self, shots, source: str, webhook_url: str | None = None, max_attempts: int = 3,
                            priority: int = 0) -> tuple[uuid.UUID, list[uuid.UUID]]:
         """Queue `shots` (contract.Shot) as a new batch; returns its id and the shots' ids in list order."""
+        rows = await asyncio.to_thread(_as_json, shots) if len(shots) > 200 else _as_json(shots)
         async with self.pool.connection() as conn, conn.transaction():
             batch_id = (await (await conn.execute(
                 "INSERT INTO batches (source, webhook_url) VALUES (%s, %s) RETURNING id",
@@ -196,9 +204,9 @@ class ShotStore:
             cursor = await conn.execute(
                 "INSERT INTO shots (batch_id, shot_key, position, workflow, params, max_attempts, priority) "
                 "SELECT %s, s.params->>'id', s.position - 1, s.params->>'workflow', s.params, %s, %s "
-                "FROM jsonb_array_elements(%s) WITH ORDINALITY AS s(params, position) "
+                "FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS s(params, position) "
                 "ORDER BY s.position RETURNING id, position",
-                (batch_id, max_attempts, priority, Jsonb([shot.as_dict() for shot in shots])))
+                (batch_id, max_attempts, priority, rows))
             shot_ids = [row[0] for row in sorted(await cursor.fetchall(), key=lambda row: row[1])]
             await conn.execute(f"SELECT {_notify('queued', '%s::uuid')}", (batch_id,))
         return batch_id, shot_ids

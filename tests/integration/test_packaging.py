@@ -173,9 +173,6 @@ def _comfyui_brings(settings) -> set[str]:
     return brought
 
 
-@pytest.mark.xfail(strict=True, reason="custom_nodes/shotline/pyproject.toml does not declare pydantic, which "
-                                       "shotline.core.validation and shotline.core.characters import; ComfyUI "
-                                       "lists it only as non-essential")
 def test_the_node_pack_declares_what_it_imports(settings):
     project = tomllib.loads((PACK / "pyproject.toml").read_text())
     declared = {_name(r) for r in project["project"]["dependencies"] + project["tool"]["shotline"]["no-deps"]}

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from .validation import KEY_RULE, FreeText, Line, RequiredText, check_key, first_error
 
@@ -69,8 +69,8 @@ class LoraRef(_Sheet):
 
 class CharacterSheet(_Sheet):
     """A character's sheet (character.yaml): the one definition the pack and the controller's API both use."""
-    name: Annotated[Line, Field(pattern=NAME_PATTERN, description="letters, digits, spaces, '.', '_' or '-', "
-                                                                  "at most 64")]
+    name: Annotated[str, StringConstraints(pattern=NAME_PATTERN),
+                    Field(description="letters, digits, spaces, '.', '_' or '-', at most 64")]
     style: Literal["anime", "photo"] = "anime"
     design_prompt: RequiredText
     negative_prompt: FreeText = ""

@@ -13,9 +13,10 @@ rule as a pattern or a length.
 from __future__ import annotations
 
 import re
+import reprlib
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, ValidationError, WithJsonSchema
+from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, ValidationError, WithJsonSchema
 
 _CONTROL_IN_FREE_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _CONTROL_IN_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -58,16 +59,16 @@ def _not_blank(value: str) -> str:
     return value
 
 
-FreeText = Annotated[str, AfterValidator(check_text),
-                     WithJsonSchema({"type": "string", "maxLength": MAX_FREE_TEXT,
-                                     "description": "no NUL or control characters except tab and newline"})]
-RequiredText = Annotated[str, AfterValidator(check_text), AfterValidator(_not_blank),
-                         WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_FREE_TEXT,
-                                         "description": "not blank; no NUL or control characters except tab "
-                                                        "and newline"})]
-Line = Annotated[str, AfterValidator(lambda value: check_text(value, multiline=False)),
-                 WithJsonSchema({"type": "string", "maxLength": 255, "description": "one line, no control "
-                                                                                   "characters"})]
+# The checks run after pydantic's own (type, length); lengths are StringConstraints, so the JSON schema states them
+# and a field may narrow them further with Field(max_length=...).
+FreeText = Annotated[str, StringConstraints(max_length=MAX_FREE_TEXT), AfterValidator(check_text),
+                     Field(description="no NUL or control characters except tab and newline")]
+RequiredText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_FREE_TEXT), AfterValidator(check_text),
+                         AfterValidator(_not_blank),
+                         Field(description="not blank; no NUL or control characters except tab and newline")]
+Line = Annotated[str, StringConstraints(max_length=MAX_FREE_TEXT),
+                 AfterValidator(lambda value: check_text(value, multiline=False)),
+                 Field(description="one line: no control characters")]
 Key = Annotated[str, BeforeValidator(_number_as_text), AfterValidator(check_key),
                 WithJsonSchema({"type": "string", "pattern": KEY_PATTERN, "description": KEY_RULE})]
 
@@ -83,9 +84,13 @@ def error_path(location: tuple) -> str:
     return path
 
 
+_SHOWN = reprlib.Repr()  # keyword arguments only from Python 3.12; ComfyUI runs on 3.10 too
+_SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxlevel = 60, 60, 4, 4, 2
+
+
 def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    """A short repr: never the whole of a huge (or self-referencing) value."""
+    return _SHOWN.repr(value)
 
 
 MESSAGES = {
@@ -141,6 +146,8 @@ def first_error(error: ValidationError, prefix: str = "", model=None) -> tuple[s
         message = MESSAGES[kind]
     elif kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
         message = details["msg"].replace("Input should be", "must be")
+    elif kind == "string_pattern_mismatch":
+        message = f"must match {context.get('pattern')}"
     elif kind == "literal_error":
         message = f"must be one of {context.get('expected')}"
     elif kind == "too_short":
