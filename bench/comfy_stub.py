@@ -180,7 +180,11 @@ class StubBackend:
                                   "queue_pending": list(self.pending)})
 
     async def get_history(self, request: web.Request) -> web.Response:
-        prompt_id = request.match_info["prompt_id"]
+        prompt_id = request.match_info.get("prompt_id")
+        if prompt_id is None:  # the newest `max_items` entries, oldest first, as ComfyUI answers
+            items = list(self.history.items())
+            count = int(request.query.get("max_items", len(items)))
+            return web.json_response(dict(items[-count:] if count else []))
         entry = self.history.get(prompt_id)
         return web.json_response({prompt_id: entry} if entry else {})
 
@@ -266,6 +270,7 @@ class StubBackend:
             app.router.add_get(prefix + "/ws", self.websocket)
             app.router.add_post(prefix + "/prompt", self.post_prompt)
             app.router.add_get(prefix + "/queue", self.get_queue)
+            app.router.add_get(prefix + "/history", self.get_history)
             app.router.add_get(prefix + "/history/{prompt_id}", self.get_history)
             app.router.add_get(prefix + "/object_info", self.get_object_info)
             app.router.add_get(prefix + "/object_info/{node_class}", self.get_object_info)

@@ -1,11 +1,15 @@
-"""One ComfyUI server: queue prompts, follow them on one shared websocket, read results from it or /history.
+"""One ComfyUI server: queue prompts, follow them on one shared websocket, read results from /history.
 
-A prompt whose whole run the websocket saw (execution_start, the `executed` outputs, its end message, then
-`executing` with no node) is settled from those messages: they carry what /history would, and reading /history
-for every prompt was a third of the controller's cost per shot. Any other prompt is read from /history: one
-that started before this connection opened, and every pending prompt when the socket drops or stays silent,
-reconciled against /history and /queue; a prompt the server no longer knows (it restarted and lost its in-memory
-history) fails with PromptLost, so the caller can queue it again.
+ComfyUI sends a prompt's per-node events (executing, progress, progress_state, executed: about 20 messages for
+a 4-node graph) only to the websocket of the client_id it was submitted under, and every queue change (`status`,
+with `queue_remaining`) to every websocket. Prompts are submitted under a client_id no socket holds, so the
+watcher hears three small messages per prompt instead of twenty: each message costs the controller a wake-up,
+and on this kind of machine that was most of its CPU per shot. When `queue_remaining` drops, the prompts that
+finished are in the newest entries of `/history` (ComfyUI writes the entry, then announces the queue): one
+`GET /history?max_items=N` settles them. Anything else is reconciled one by one against /history and /queue: on
+(re)connect, when the socket is silent, and at least every `silence_seconds` while prompts are pending; a prompt
+the server no longer knows (it restarted and lost its in-memory history) fails with PromptLost, so the caller can
+queue it again.
 Our prompt_id (a UUID we choose) is the idempotency key: a prompt is never submitted twice under one id.
 A backend that is down is retried for ever with backoff: `connected` is False meanwhile and callers wait on
 `wait_connected()`.
@@ -22,20 +26,8 @@ import aiohttp
 
 log = logging.getLogger("shotline.comfy")
 
-# ComfyUI sends `json.dumps({"type": ..., "data": ...})`: the type can be read off the start of the text.
-_IGNORED_PREFIX = '{"type": "'
-_WANTED_PREFIXES = ('{"type": "executing"', '{"type": "status"', '{"type": "execution_start"',
-                    '{"type": "executed"', '{"type": "execution_success"', '{"type": "execution_error"',
-                    '{"type": "execution_interrupted"')
-_ENDINGS = {"execution_success": "success", "execution_error": "error", "execution_interrupted": "error"}
-
-
-@dataclass
-class _Watched:
-    """What this websocket connection saw of one of our prompts since its execution_start."""
-    started_ms: int | None
-    outputs: dict = field(default_factory=dict)
-    ending: tuple[str, dict] | None = None   # (kind, data) of its end message
+_STATUS_PREFIX = '{"type": "status"'  # ComfyUI sends `json.dumps({"type": ..., "data": ...})`
+_SLACK = 2  # extra newest /history entries read when settling, against a completion announced twice
 
 
 class ComfyUnavailable(RuntimeError):
@@ -103,7 +95,8 @@ class ComfyBackend:
     def __init__(self, base_url: str, session: aiohttp.ClientSession, silence_seconds: float = 5.0):
         self.base_url = base_url.rstrip("/")
         self.session = session
-        self.client_id = str(uuid.uuid4())
+        self.client_id = str(uuid.uuid4())          # the watcher's websocket: it hears the queue's status
+        self.prompt_client_id = str(uuid.uuid4())   # prompts go in under this one: no socket, so no node events
         self.silence_seconds = silence_seconds
         self.connected = False
         self.last_event = 0.0
@@ -111,7 +104,9 @@ class ComfyBackend:
         self.loaded_checkpoint: str | None = None  # the last checkpoint a prompt of ours used here
         self._pending: dict[str, asyncio.Future] = {}
         self._interrupted: set[str] = set()  # prompts of ours interrupt() stopped, still pending
-        self._watched: dict[str, _Watched] = {}  # prompts whose run this connection saw from its start
+        self._finished_unread = 0  # prompts the queue said finished, whose /history entries are still to read
+        self._reader: asyncio.Task | None = None
+        self._last_reconcile = time.monotonic()
         self._tasks: set[asyncio.Task] = set()  # reconciliations in flight, held so they are not collected
         self._watcher: asyncio.Task | None = None
         self._connected_event = asyncio.Event()
@@ -206,7 +201,7 @@ class ComfyBackend:
     async def submit(self, graph: dict, prompt_id: str) -> None:
         """Queue `graph` under our `prompt_id`; raises PromptRejected on ComfyUI's validation error."""
         self._pending.setdefault(prompt_id, asyncio.get_running_loop().create_future())
-        body = {"prompt": graph, "client_id": self.client_id, "prompt_id": prompt_id}
+        body = {"prompt": graph, "client_id": self.prompt_client_id, "prompt_id": prompt_id}
         try:
             async with self.session.post(self.base_url + "/prompt", json=body) as response:
                 if response.status == 400:
@@ -235,7 +230,6 @@ class ComfyBackend:
         finally:
             self._pending.pop(prompt_id, None)
             self._interrupted.discard(prompt_id)
-            self._watched.pop(prompt_id, None)
 
     async def interrupt(self, prompt_id: str) -> None:
         """Stop our prompt `prompt_id` wherever it is on this server; nobody else's prompt is touched.
@@ -301,7 +295,7 @@ class ComfyBackend:
                 async with self.session.ws_connect(f"{self.base_url}/ws?clientId={self.client_id}",
                                                    heartbeat=20) as websocket:
                     self._report(True)
-                    self._watched.clear()  # a run seen only in part is read from /history
+                    self.queue_remaining = None  # the first status of this connection is a baseline
                     self._set_connected(True)
                     delay = 0.2
                     await self._reconcile_all()  # whatever finished while we were away
@@ -328,57 +322,52 @@ class ComfyBackend:
                 await self._reconcile_all()
                 continue
             if message.type == aiohttp.WSMsgType.TEXT:
-                # Most messages (progress, progress_state, executed, execution_cached...) need nothing from us:
-                # skip them on ComfyUI's `json.dumps` prefix before parsing.
-                if message.data.startswith(_IGNORED_PREFIX) and not message.data.startswith(_WANTED_PREFIXES):
-                    self.last_event = time.monotonic()
-                    continue
-                self._on_event(message.json())
+                self.last_event = time.monotonic()
+                if message.data.startswith(_STATUS_PREFIX):  # anything else is somebody else's prompt's event
+                    self._on_status(message.json().get("data") or {})
+                if self._pending and time.monotonic() - self._last_reconcile > self.silence_seconds:
+                    self._spawn(self._reconcile_all(), "reconcile pending prompts")  # a busy server is never silent
             elif message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR):
                 return
             # binary frames are previews: ignored
 
-    def _on_event(self, event: dict) -> None:
-        self.last_event = time.monotonic()
-        kind, data = event.get("type"), event.get("data") or {}
-        if kind == "status":
-            self.queue_remaining = data.get("status", {}).get("exec_info", {}).get("queue_remaining")
+    def _on_status(self, data: dict) -> None:
+        remaining = data.get("status", {}).get("exec_info", {}).get("queue_remaining")
+        previous, self.queue_remaining = self.queue_remaining, remaining
+        if not isinstance(remaining, int) or not isinstance(previous, int) or remaining >= previous:
             return
-        prompt_id = data.get("prompt_id")
-        if prompt_id not in self._pending:
-            return
-        if kind == "execution_start":
-            self._watched[prompt_id] = _Watched(data.get("timestamp"))
-        elif (watched := self._watched.get(prompt_id)) is not None and kind == "executed":
-            if data.get("output"):
-                watched.outputs[str(data.get("node"))] = data["output"]
-        elif watched is not None and kind in _ENDINGS:
-            watched.ending = (kind, data)
-        # ComfyUI writes the history entry and then sends `executing` with no node, for success, error and
-        # interruption alike: the run is over.
-        elif kind == "executing" and data.get("node") is None:
-            watched = self._watched.pop(prompt_id, None)
-            if watched is not None and watched.ending is not None:
-                self._settle(prompt_id, watched)
-            else:
-                self._spawn(self._reconcile(prompt_id), f"reconcile {prompt_id}")
+        if self._pending:
+            self._finished_unread += previous - remaining
+            if self._reader is None or self._reader.done():
+                self._reader = asyncio.create_task(self._read_finished(), name=f"read finished {self.base_url}")
+                self._tasks.add(self._reader)
+                self._reader.add_done_callback(self._tasks.discard)
+                self._reader.add_done_callback(self._log_failure)
 
-    def _settle(self, prompt_id: str, watched: _Watched) -> None:
-        """A prompt's result from what the websocket saw of its whole run (as /history would give it)."""
+    async def _read_finished(self) -> None:
+        """Settle our pending prompts among the newest /history entries, as many as the queue said finished."""
+        while self._finished_unread > 0:
+            count, self._finished_unread = self._finished_unread, 0
+            try:
+                history = await self._get(f"/history?max_items={count + _SLACK}")
+            except ComfyUnavailable:
+                return  # the watcher reconciles everything when the server is back
+            for prompt_id, entry in history.items():
+                if prompt_id in self._pending and entry.get("status", {}).get("completed") is not None:
+                    self._settle(prompt_id, entry)
+
+    def _settle(self, prompt_id: str, entry: dict) -> None:
         future = self._pending.get(prompt_id)
         if future is None or future.done():
             return
-        kind, data = watched.ending
-        finished, started = data.get("timestamp"), watched.started_ms
-        seconds = (finished - started) / 1000.0 if finished and started else None
-        result = PromptResult(prompt_id, _ENDINGS[kind], watched.outputs, None if kind == "execution_success"
-                              else data, seconds)
-        if kind == "execution_interrupted" and prompt_id in self._interrupted:
+        result = history_result(prompt_id, entry)
+        if prompt_id in self._interrupted and _was_interrupted(entry):
             future.set_exception(PromptCancelled(prompt_id, result))
         else:
             future.set_result(result)
 
     async def _reconcile_all(self) -> None:
+        self._last_reconcile = time.monotonic()
         for prompt_id in [p for p, f in self._pending.items() if not f.done()]:
             await self._reconcile(prompt_id)
 
@@ -401,12 +390,8 @@ class ComfyBackend:
                     return
         except ComfyUnavailable:
             return  # the watcher retries when the server is back
-        if entry is not None and entry.get("status", {}).get("completed") is not None and not future.done():
-            result = history_result(prompt_id, entry)
-            if prompt_id in self._interrupted and _was_interrupted(entry):
-                future.set_exception(PromptCancelled(prompt_id, result))
-            else:
-                future.set_result(result)
+        if entry is not None and entry.get("status", {}).get("completed") is not None:
+            self._settle(prompt_id, entry)
 
 
 def _was_interrupted(entry: dict) -> bool:

@@ -1,35 +1,57 @@
-"""ComfyBackend's bookkeeping without a server: background tasks are held until they end, and a run the websocket
-saw whole is settled from its messages alone (no /history read; the server here does not even exist)."""
+"""ComfyBackend's bookkeeping against a stand-in for ComfyUI's /history (a unit test: the real server is in the
+integration tests): background tasks are held until they end; a drop in the broadcast `queue_remaining` settles
+the prompts that finished from the newest /history entries, in one request."""
 import asyncio
 import gc
 import logging
 
 import aiohttp
+from aiohttp import web
 
 from shotline_controller.comfy.client import ComfyBackend, PromptCancelled
 
-NOWHERE = "http://127.0.0.1:9"  # the discard port: nothing answers
+OK, STOPPED, STILL_RUNNING = (f"33333333-0000-0000-0000-00000000000{n}" for n in (1, 2, 3))
+
+
+def entry(prompt_id: str, ending: str) -> dict:
+    return {"prompt": [0, prompt_id, {}, {}, []], "outputs": {"9": {"images": [{"filename": "a.png"}]}},
+            "status": {"status_str": "success" if ending == "execution_success" else "error", "completed": True,
+                       "messages": [["execution_start", {"prompt_id": prompt_id, "timestamp": 1000}],
+                                    [ending, {"prompt_id": prompt_id, "timestamp": 1250}]]}}
 
 
 def run(work):
+    """`work(backend, requests)` against a stand-in whose /history holds OK and STOPPED (newest last)."""
+    requests: list[str] = []
+
+    async def history(request: web.Request) -> web.Response:
+        requests.append(request.path_qs)
+        items = {OK: entry(OK, "execution_success"), STOPPED: entry(STOPPED, "execution_interrupted")}
+        count = int(request.query.get("max_items", len(items)))
+        return web.json_response(dict(list(items.items())[-count:]))
+
     async def main():
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-            return await work(ComfyBackend(NOWHERE, session))
+        app = web.Application()
+        app.router.add_get("/history", history)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        try:
+            async with aiohttp.ClientSession() as session:
+                return await work(ComfyBackend(f"http://127.0.0.1:{port}", session), requests)
+        finally:
+            await runner.cleanup()
     return asyncio.run(main())
 
 
-def events(prompt_id: str, ending: str = "execution_success") -> list[dict]:
-    return [{"type": "execution_start", "data": {"prompt_id": prompt_id, "timestamp": 1000}},
-            {"type": "executing", "data": {"prompt_id": prompt_id, "node": "3"}},
-            {"type": "executed", "data": {"prompt_id": prompt_id, "node": "9", "output": {
-                "images": [{"filename": "a.png", "subfolder": "s", "type": "output"}]}}},
-            {"type": "executed", "data": {"prompt_id": prompt_id, "node": "4", "output": None}},
-            {"type": ending, "data": {"prompt_id": prompt_id, "timestamp": 1250, "exception_message": "boom"}},
-            {"type": "executing", "data": {"prompt_id": prompt_id, "node": None}}]
+def status(remaining: int) -> dict:
+    return {"status": {"exec_info": {"queue_remaining": remaining}}}
 
 
 def test_background_tasks_are_held_until_they_end_and_their_failures_logged(caplog):
-    async def work(backend):
+    async def work(backend, requests):
         async def fails():
             await asyncio.sleep(0.01)
             raise RuntimeError("reconcile broke")
@@ -43,33 +65,30 @@ def test_background_tasks_are_held_until_they_end_and_their_failures_logged(capl
     assert "a failing task" in caplog.text and "reconcile broke" in caplog.text
 
 
-def test_a_run_the_websocket_saw_whole_is_settled_from_its_messages():
-    async def work(backend):
-        ok, failed = "11111111-0000-0000-0000-000000000001", "11111111-0000-0000-0000-000000000002"
-        for prompt_id in (ok, failed):
-            backend._pending[prompt_id] = asyncio.get_running_loop().create_future()
-        for event in events(ok) + events(failed, "execution_error"):
-            backend._on_event(event)
-        return await asyncio.wait_for(backend.wait(ok), 1), await asyncio.wait_for(backend.wait(failed), 1)
-    success, error = run(work)
-    assert (success.status, success.seconds, success.error) == ("success", 0.25, None)
-    assert success.outputs == {"9": {"images": [{"filename": "a.png", "subfolder": "s", "type": "output"}]}}
-    assert error.status == "error" and error.error["exception_message"] == "boom"
-
-
-def test_an_interrupted_run_of_ours_is_a_cancel_and_a_partly_seen_run_is_read_from_history():
-    async def work(backend):
-        stopped, partial = "22222222-0000-0000-0000-000000000001", "22222222-0000-0000-0000-000000000002"
-        for prompt_id in (stopped, partial):
-            backend._pending[prompt_id] = asyncio.get_running_loop().create_future()
-        backend._interrupted.add(stopped)
-        for event in events(stopped, "execution_interrupted"):
-            backend._on_event(event)
+def test_a_queue_that_shrinks_settles_the_finished_prompts_from_the_newest_history():
+    async def work(backend, requests):
+        loop = asyncio.get_running_loop()
+        for prompt_id in (OK, STOPPED, STILL_RUNNING):
+            backend._pending[prompt_id] = loop.create_future()
+        backend._interrupted.add(STOPPED)
+        backend._on_status(status(3))  # the baseline: nothing is read
+        backend._on_status(status(4))  # a prompt queued: nothing is read
+        await asyncio.sleep(0.05)
+        before = list(requests)
+        backend._on_status(status(2))  # two finished
+        ok = await asyncio.wait_for(backend.wait(OK), 2)
         try:
-            await asyncio.wait_for(backend.wait(stopped), 1)
+            await asyncio.wait_for(backend.wait(STOPPED), 2)
         except PromptCancelled as cancelled:
-            outcome = cancelled.result.status
-        backend._on_event(events(partial)[-1])  # its end, without its start: this connection saw only part
-        await asyncio.sleep(0.2)  # the reconcile asks /history, which does not answer: still pending
-        return outcome, backend._pending[partial].done(), len(backend._tasks)
-    assert run(work) == ("error", False, 0)
+            stopped = cancelled.result.status
+        return before, list(requests), ok, stopped, backend._pending[STILL_RUNNING].done()
+    before, requests, ok, stopped, still_settled = run(work)
+    assert before == [] and requests == ["/history?max_items=4"]  # one request for both: 2 finished + slack
+    assert (ok.status, ok.seconds, ok.outputs) == ("success", 0.25, {"9": {"images": [{"filename": "a.png"}]}})
+    assert stopped == "error" and not still_settled  # ours interrupted: a cancel; the running one waits on
+
+
+def test_prompts_go_in_under_a_client_id_no_socket_listens_on():
+    async def work(backend, requests):
+        return backend.client_id != backend.prompt_client_id
+    assert run(work)
