@@ -57,6 +57,9 @@ class InputError(ValueError):
         self.field = field
         self.message = message
 
+    def __reduce__(self):  # raised in a worker process (parsing.py), it must unpickle with both arguments
+        return type(self), (self.field, self.message)
+
 
 def validated(model: type[BaseModel], data: Any, prefix: str = ""):
     """`model` validated from parsed data; InputError naming the first field at fault."""

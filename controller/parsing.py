@@ -4,7 +4,9 @@ Shared by the CLI (shot-list files) and the API (bodies, sheets). A 3.6 MB YAML 
 event loop that also renews leases. So YAML uses libyaml's C parser where it is installed (it also caps nesting
 at 1000 levels; the pure-Python one hits Python's recursion limit, reported the same way), is limited to
 MAX_YAML_BYTES (its constructor still runs in Python: about 2 s per MB), and `parse_off_loop` runs anything but
-a small body in a worker thread. JSON's own recursion guard becomes a 400 too.
+a small body off the event loop: JSON in a worker thread, YAML in a worker process. A thread is not enough for
+YAML: libyaml composes the whole node tree in one C call that holds the GIL (0.3 s here, 1.1 s on CI for 3.5 MB),
+and the event loop waits for the GIL as it would for the parse. JSON's own recursion guard becomes a 400 too.
 
 YAML aliases let a few hundred bytes stand for billions of values (nine lists of nine aliases, nine levels deep:
 387 million), and everything that walks the result afterwards (validation, the message that quotes a wrong value)
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 
 import yaml
 
@@ -74,8 +78,29 @@ def parse_text(data: bytes | str, as_yaml: bool, field: str = "body"):
     return parse_yaml(data, field) if as_yaml else parse_json(data, field)
 
 
+_yaml_workers: ProcessPoolExecutor | None = None
+
+
+def _yaml_process() -> ProcessPoolExecutor:
+    """One worker process for big YAML bodies, started on first use ("spawn": forking a threaded server is unsafe)."""
+    global _yaml_workers
+    if _yaml_workers is None:
+        _yaml_workers = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    return _yaml_workers
+
+
+def stop_yaml_process() -> None:
+    global _yaml_workers
+    if _yaml_workers is not None:
+        _yaml_workers.shutdown(wait=False, cancel_futures=True)
+        _yaml_workers = None
+
+
 async def parse_off_loop(data: bytes | str, as_yaml: bool, field: str = "body"):
-    """`parse_text` in a worker thread for anything but small bodies, so the event loop keeps serving."""
+    """`parse_text` off the event loop for anything but small bodies (YAML in a process, JSON in a thread), so the
+    event loop keeps serving and renewing leases."""
     if len(data) <= INLINE_BYTES:
         return parse_text(data, as_yaml, field)
+    if as_yaml:
+        return await asyncio.get_running_loop().run_in_executor(_yaml_process(), parse_yaml, data, field)
     return await asyncio.to_thread(parse_text, data, as_yaml, field)

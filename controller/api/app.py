@@ -32,6 +32,7 @@ from shotline_controller.api.requests import DATABASE_TROUBLE, MAX_BODY_BYTES, A
 from shotline_controller.api.routes import ROUTES
 from shotline_controller.contract import InputError
 from shotline_controller.metrics import ControllerMetrics
+from shotline_controller.parsing import stop_yaml_process
 from shotline_controller.store.notifications import Notifications
 from shotline_controller.webhook_policy import WebhookPolicy
 
@@ -132,9 +133,14 @@ def create_app(pool, settings, token: str, *, backends: list = (), supervisors: 
         app.cleanup_ctx.append(listen)
     app[STREAMS] = set()
     app.on_shutdown.append(_end_streams)
+    app.on_cleanup.append(_stop_parsing)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler or openapi)
     return app
+
+
+async def _stop_parsing(app: web.Application) -> None:
+    stop_yaml_process()
 
 
 async def _end_streams(app: web.Application) -> None:
