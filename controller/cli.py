@@ -43,7 +43,13 @@ from shotline_controller.media.assembly_jobs import (
 from shotline_controller.media.sniff import sniff
 from shotline_controller.parsing import parse_text, parse_yaml
 from shotline_controller.settings import Settings, SettingsError, load_settings
-from shotline_controller.shot_list import check_presets, queued_shots, read_media_file, read_shot_list
+from shotline_controller.shot_list import (
+    check_characters,
+    check_presets,
+    queued_shots,
+    read_media_file,
+    read_shot_list,
+)
 from shotline_controller.store.assemblies import AssemblyStore
 from shotline_controller.store.characters import CharacterStore
 from shotline_controller.store.migrations import apply_migrations
@@ -153,10 +159,11 @@ def _progress(progress: tqdm, batch: dict) -> None:
 async def render_command(args) -> int:
     shot_list = read_shot_list(args.file)  # bad input fails here, before any server starts
     check_presets(shot_list)
+    settings = load_settings()
+    check_characters(shot_list, settings.character_library_if_any)
     base_dir = Path(args.file).resolve().parent
     images = {shot.image: await asyncio.to_thread(read_media_file, base_dir, shot.image, f"shots[{index}].image")
               for index, shot in enumerate(shot_list.shots) if shot.image}
-    settings = load_settings()
     started = time.monotonic()
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(open_database(settings, max_connections=6))
@@ -179,7 +186,7 @@ async def render_command(args) -> int:
         shots = await queued_shots(shot_list, media)
         batch_id, _ = await store.submit_batch(shots, str(Path(args.file).resolve()), max_attempts=args.max_attempts)
         print(f"batch {batch_id}: {len(shots)} shots queued (at most {args.max_attempts} attempts each)")
-        workers = Workers(pool, [backend], service=False)
+        workers = Workers(pool, [backend], service=False, character_library=settings.character_library_if_any)
         with tqdm(total=len(shots), unit="shot", desc="rendering", file=sys.stderr) as progress:
             async def finished() -> bool:
                 batch = await store.batch(batch_id)
@@ -265,6 +272,7 @@ async def serve_command(args) -> int:
             urls.append(supervisor.url)
         backends = [ComfyBackend(url, session) for url in urls]
         workers = Workers(pool, backends, supervisors=supervisors, slots_per_backend=args.slots,
+                          character_library=settings.character_library_if_any,
                           lease_seconds=args.lease, webhook_secret=_webhook_secret(token), webhook_policy=policy,
                           max_streams=args.max_streams)
         app = create_app(pool, settings, token, backends=backends, supervisors=supervisors,

@@ -73,6 +73,13 @@ def is_media_ref(value: str) -> bool:
     return bool(_MEDIA_REF.fullmatch(value))
 
 
+def _unique(values: list[str]) -> list[str]:
+    for index, value in enumerate(values):
+        if value in values[:index]:
+            raise ValueError(f"{value!r} is named twice")
+    return values
+
+
 # --- field types -----------------------------------------------------------------------------------------------
 
 class Strict(BaseModel):
@@ -145,6 +152,17 @@ Cfg = Annotated[float, Field(ge=0, le=100)]
 Duration = Annotated[float, Field(ge=0.2, le=600, description="seconds a still image shot is held in its scene")]
 Frames = Annotated[int, Field(ge=1, le=MAX_FRAMES, description="video presets: frames generated")]
 Fps = Annotated[float, Field(ge=0.1, le=240, description="video presets: frame rate before interpolation")]
+Threshold = Annotated[float, Field(ge=0, le=1)]
+MAX_CHARACTERS = 4                  # the presets' "Character 1" ... "Character 4" slots
+CharacterNames = Annotated[list[Key], Field(min_length=1, max_length=MAX_CHARACTERS,
+                                            description="character folders in the library, in the order the "
+                                                        "prompt names them (filled into 'Character 1'...)"),
+                           AfterValidator(_unique)]
+CharacterWeight = Annotated[float, Field(ge=0.5, le=2.0, description="weight of the characters' design prompts "
+                                                                     "(identity corrections raise it)")]
+LoraScale = Annotated[float, Field(ge=0, le=4, description="multiplies the strengths of the characters' LoRAs")]
+RefineCycles = Annotated[int, Field(ge=0, le=12, description="Face Refine's most cycles per face")]
+RefineDenoise = Annotated[float, Field(ge=0, le=1, description="Face Refine's denoise")]
 Dialogue = Annotated[RequiredText, Field(max_length=MAX_DIALOGUE),
                      WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_DIALOGUE,
                                      "description": "dialogue presets: the line spoken"})]
@@ -168,6 +186,13 @@ class ShotDefaults(Strict):
     frames: Frames | None = None
     fps: Fps | None = None
     dialogue: Dialogue | None = None
+    characters: CharacterNames | None = None
+    identity_threshold: Annotated[Threshold, Field(description="the IDR every character needs in this shot (a "
+                                                               "character sheet's own threshold still wins)")] | None = None
+    character_weight: CharacterWeight | None = None
+    lora_scale: LoraScale | None = None
+    refine_cycles: RefineCycles | None = None
+    refine_denoise: RefineDenoise | None = None
 
 
 class ShotInput(ShotDefaults):
@@ -196,6 +221,12 @@ class Shot(Strict):
     frames: Frames | None = None
     fps: Fps | None = None
     dialogue: Dialogue | None = None
+    characters: CharacterNames | None = None
+    identity_threshold: Threshold | None = None
+    character_weight: CharacterWeight | None = None
+    lora_scale: LoraScale | None = None
+    refine_cycles: RefineCycles | None = None
+    refine_denoise: RefineDenoise | None = None
 
     @classmethod
     def from_input(cls, shot: ShotInput, image: str | None = None) -> "Shot":
@@ -270,13 +301,6 @@ class EpisodeRequest(Strict):
     number: Annotated[int, Field(ge=1, le=99)]
     title: Annotated[Line, Field(min_length=1, max_length=200, description="the episode's title (its file name, "
                                                                           "made safe for every file system)")]
-
-
-def _unique(values: list[str]) -> list[str]:
-    for index, value in enumerate(values):
-        if value in values[:index]:
-            raise ValueError(f"{value!r} is named twice")
-    return values
 
 
 def _even_size(value: Any) -> tuple[int, int]:

@@ -66,6 +66,10 @@ class Settings:
                                 "install.py")
         return self.comfyui_dir / "models" / CHARACTER_FOLDER
 
+    @property
+    def character_library_if_any(self) -> Path | None:
+        return self.character_library if self.character_library_root or self.comfyui_dir else None
+
 
 def load_settings() -> Settings:
     state_dir = Path(os.environ.get("SHOTLINE_HOME", DEFAULT_STATE_DIR)).expanduser().resolve()

@@ -17,6 +17,9 @@
         frames: 8                   # optional, video presets: frames generated, and their rate before
         fps: 12                     #   interpolation (shot_video makes x2 as many at twice the rate)
         dialogue: "Where is she?"   # optional, dialogue presets: the line the shot speaks
+        characters: [aiko, kairo]   # optional, character presets (shot_character): 1-4 library folders, in
+                                    #   the order the prompt introduces them
+        identity_threshold: 0.7     # optional: the identity score each character needs in this shot
 
 The fields are defined once, in contract.py. Here: reading a file (size-capped, parsed like an API body), the
 media a shot names (only from allowed places: the list's folder for the CLI, uploads for the API), and the
@@ -28,8 +31,10 @@ import asyncio
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from shotline_controller.comfy.presets import PresetError, find_preset
-from shotline_controller.contract import InputError, Shot, ShotList, is_media_ref, parse_shot_list
+from shotline.core.characters import find_characters
+
+from shotline_controller.comfy.presets import PresetError, check_character_slots, find_preset, load_preset
+from shotline_controller.contract import DEFAULT_WORKFLOW, InputError, Shot, ShotList, is_media_ref, parse_shot_list
 from shotline_controller.media.sniff import sniff
 from shotline_controller.parsing import parse_text
 
@@ -52,16 +57,39 @@ def read_shot_list(path: Path) -> ShotList:
 
 
 def check_presets(shot_list: ShotList) -> None:
-    """Every preset the shots name exists (PresetError's text names no server path)."""
-    checked: set[str] = set()
+    """Every preset the shots name exists and has a slot for each character they name (PresetError's text
+    names no server path)."""
+    presets: dict[str, dict] = {}
     for index, shot in enumerate(shot_list.shots):
-        workflow = shot.workflow or "shot_txt2img"
-        if workflow not in checked:
-            try:
+        workflow = shot.workflow or DEFAULT_WORKFLOW
+        try:
+            if workflow not in presets:
                 find_preset(workflow)
-            except PresetError as error:
-                raise InputError(f"shots[{index}].workflow", str(error)) from None
-            checked.add(workflow)
+                presets[workflow] = load_preset(workflow) if shot.characters else {}
+            if shot.characters:
+                if not presets[workflow]:
+                    presets[workflow] = load_preset(workflow)
+                check_character_slots(workflow, presets[workflow], len(shot.characters))
+        except PresetError as error:
+            raise InputError(f"shots[{index}].workflow", str(error)) from None
+
+
+def check_characters(shot_list: ShotList, library: Path | None) -> None:
+    """Every character the shots name is a folder of the character library (with a character.yaml)."""
+    known = None
+    for index, shot in enumerate(shot_list.shots):
+        for number, name in enumerate(shot.characters or ()):
+            if known is None:
+                known = find_characters([library]) if library is not None else {}
+            if name not in known:
+                field = f"shots[{index}].characters[{number}]"
+                if library is None:
+                    raise InputError(field, "this controller has no character library: set "
+                                            "SHOTLINE_CHARACTER_LIBRARY")
+                some = sorted(known)[:20]
+                raise InputError(field, f"no character {name!r} in the library (it has: "
+                                        f"{', '.join(some) + (' ...' if len(known) > 20 else '') or 'none'}); "
+                                        "add one with `shotline character put` or PUT /api/v1/characters/{folder}")
 
 
 async def queued_shots(shot_list: ShotList, media: MediaResolver) -> list[Shot]:

@@ -5,7 +5,7 @@ import asyncio
 
 from aiohttp import web
 
-from shotline_controller.api.keys import METRICS, NOTIFICATIONS, POOL, STREAMS, WEBHOOKS
+from shotline_controller.api.keys import METRICS, NOTIFICATIONS, POOL, SETTINGS, STREAMS, WEBHOOKS
 from shotline_controller.api.requests import (
     DATABASE_TROUBLE,
     ApiError,
@@ -30,7 +30,7 @@ from shotline_controller.contract import (
 )
 from shotline_controller.media.sniff import sniff
 from shotline_controller.parsing import parse_off_loop
-from shotline_controller.shot_list import check_presets, queued_shots
+from shotline_controller.shot_list import check_characters, check_presets, queued_shots
 from shotline_controller.store.notifications import StreamLimit
 from shotline_controller.store.shots import ShotStore
 from shotline_controller.store.uploads import UploadStore
@@ -84,6 +84,7 @@ async def submit_batch(request: web.Request) -> web.Response:
     data, files = await _shot_list_and_files(request)
     batch = await asyncio.to_thread(parse_shot_list, data, BatchRequest)
     await asyncio.to_thread(check_presets, batch)
+    await asyncio.to_thread(check_characters, batch, request.app[SETTINGS].character_library_if_any)
     if batch.webhook_url is not None:
         try:
             await request.app[WEBHOOKS].check(batch.webhook_url)

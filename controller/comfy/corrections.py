@@ -6,16 +6,30 @@
     under- / overexposed                  a new seed, and "balanced exposure" in the prompt
     too small                             size scaled up to the checks' minimum side (multiple of 8, at most 2048)
     wrong face count / unexpected face    "solo" in the prompt, "extra people, crowd" in the negative
-    low identity / missing character /    a new seed and the prompt weighted up, (prompt:1.15), one step more
-      no face found                         each time
+    low identity / missing character /    a shot naming characters: the identity ladder below; any other
+      no face found                         shot: a new seed and the prompt weighted up, (prompt:1.15)
     invalid pixels (NaN)                  a new seed
     anything else                         a new seed
 
-Several reasons combine (a blurry crowd gets more steps and "solo"). Pure logic: params in, params out.
+Identity failures of a shot that names its characters climb a ladder, one rung per identity failure (the rung
+is kept in every correction, so a blurry attempt between two identity failures does not reset it):
+
+    rung  name                 changes
+    1     seed + weight        a new seed; character_weight +0.15 (design prompts weighted up, at most 1.6)
+    2     LoRAs + refine       a new seed; lora_scale +0.2 when a character's sheet lists LoRAs (at most 1.6);
+                               Face Refine: refine_cycles +2 (from 3, at most 8), refine_denoise +0.1 (from
+                               0.45, at most 0.75)
+    3     from reference       where the preset has an Input Image: image-to-image from the first character's
+                               most typical reference (the dispatcher uploads it); a new seed. Without one, rung
+                               2 again (more cycles, higher denoise, up to their limits)
+
+Several reasons combine (a blurry crowd gets more steps and "solo"). Pure logic: params in, params out; what the
+shot's preset and characters offer comes in as `CorrectionContext`.
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 MAX_STEPS = 80
 MAX_CFG = 15.0
@@ -23,6 +37,11 @@ MAX_SIDE = 2048
 SEED_STEP = 7919  # a prime: successive corrections never revisit a seed
 SOLO = "solo"
 CROWD_NEGATIVE = "extra people, crowd, multiple people"
+WEIGHT_STEP, MAX_WEIGHT = 0.15, 1.6
+LORA_STEP, MAX_LORA_SCALE = 0.2, 1.6
+BASE_REFINE_CYCLES, REFINE_CYCLES_STEP, MAX_REFINE_CYCLES = 3, 2, 8
+BASE_REFINE_DENOISE, REFINE_DENOISE_STEP, MAX_REFINE_DENOISE = 0.45, 0.1, 0.75
+IDENTITY_RUNGS = {1: "seed + weight", 2: "LoRAs + refine", 3: "from reference"}
 WEIGHT = re.compile(r"^\((?P<text>.*):(?P<weight>[0-9.]+)\)$", re.DOTALL)
 
 
@@ -47,8 +66,39 @@ def _append(text: str, words: str) -> str:
     return words if not text.strip() else (text if words in text else f"{text}, {words}")
 
 
-def choose_correction(params: dict, verdicts: list[dict], attempt_no: int) -> dict:
-    """{"changes": {field: new value}, "reason": "..."} for the attempt after `attempt_no`."""
+@dataclass(frozen=True)
+class CorrectionContext:
+    """What the shot's preset and characters offer the identity ladder."""
+    has_loras: bool = False          # a character of the shot has LoRAs in its sheet
+    has_input_image: bool = False    # the preset has a node titled "Input Image"
+
+
+def _identity_rung(params: dict, rung: int, context: CorrectionContext, changes: dict) -> str:
+    """Apply identity rung `rung` to `changes`; the rung's description."""
+    if rung >= 3 and context.has_input_image and params.get("characters"):
+        changes["reference_image_of"] = params["characters"][0]  # resolved to an upload by the dispatcher
+        return f"rung 3 {IDENTITY_RUNGS[3]}: image-to-image from {params['characters'][0]}'s reference"
+    if rung >= 2:
+        parts = []
+        if context.has_loras:
+            changes["lora_scale"] = round(min(MAX_LORA_SCALE, float(params.get("lora_scale") or 1.0) + LORA_STEP), 2)
+            parts.append(f"LoRA scale {changes['lora_scale']:g}")
+        changes["refine_cycles"] = min(MAX_REFINE_CYCLES, int(params.get("refine_cycles") or BASE_REFINE_CYCLES)
+                                       + REFINE_CYCLES_STEP)
+        changes["refine_denoise"] = round(min(MAX_REFINE_DENOISE, float(params.get("refine_denoise")
+                                                                        or BASE_REFINE_DENOISE) + REFINE_DENOISE_STEP), 2)
+        parts.append(f"refine {changes['refine_cycles']} cycles at denoise {changes['refine_denoise']:g}")
+        return f"rung 2 {IDENTITY_RUNGS[2]}: " + ", ".join(parts)
+    changes["character_weight"] = round(min(MAX_WEIGHT, float(params.get("character_weight") or 1.0) + WEIGHT_STEP), 2)
+    return f"rung 1 {IDENTITY_RUNGS[1]}: character weight {changes['character_weight']:g}"
+
+
+def choose_correction(params: dict, verdicts: list[dict], attempt_no: int, previous: dict | None = None,
+                      context: CorrectionContext = CorrectionContext()) -> dict:
+    """{"changes": {field: new value}, "reason": "...", "identity_rung": n[, "step": "..."]} for the attempt
+    after `attempt_no`; `previous` is the correction that made that attempt (None for the first)."""
+    rung = int((previous or {}).get("identity_rung") or 0)
+    step = None
     reasons = _reasons(verdicts)
     has = lambda *words: any(word in reason for reason in reasons for word in words)  # noqa: E731
     changes: dict = {}
@@ -79,7 +129,11 @@ def choose_correction(params: dict, verdicts: list[dict], attempt_no: int) -> di
         changes["negative"] = _append(params.get("negative", ""), CROWD_NEGATIVE)
         why.append("extra people")
     if has("low identity", "missing character", "no face found"):
-        changes["prompt"] = _weighted(changes.get("prompt", params.get("prompt", "")))
+        if params.get("characters"):
+            rung += 1
+            step = _identity_rung(params, rung, context, changes)
+        else:
+            changes["prompt"] = _weighted(changes.get("prompt", params.get("prompt", "")))
         new_seed = True
         why.append("low identity")
     if has("invalid pixels"):
@@ -89,4 +143,9 @@ def choose_correction(params: dict, verdicts: list[dict], attempt_no: int) -> di
         changes["seed"] = (int(params.get("seed") or 0) + SEED_STEP * attempt_no) % (2**63)
         if not why:
             why.append(reasons[0].split(":")[0] if reasons else "rejected")
-    return {"changes": changes, "reason": ", ".join(why)}
+    correction = {"changes": changes, "reason": ", ".join(why)}
+    if rung:
+        correction["identity_rung"] = rung
+    if step:
+        correction["step"] = step
+    return correction

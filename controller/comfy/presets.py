@@ -14,9 +14,21 @@ and `api/NAME.json` in API format (what the controller queues). Folders in SHOTL
     Dialogue          text                     dialogue
     Save              filename_prefix          (set by the controller: shotline/<batch>/<shot>; every node so titled)
     Input Image       image                    image (uploaded to the server that runs the shot)
+    Character 1..4    character                characters[0..3] (Load Character nodes)
+    Character Prompt  text, negative,          prompt, negative,
+                      character_weight           character_weight
+    Character LoRAs   strength_scale           lora_scale
+    Face Refine       max_cycles, denoise,     refine_cycles, refine_denoise,
+                      target                     identity_threshold
+    Identity Check    threshold                identity_threshold
+    Shot Verdict      identity_pass            identity_threshold
 
 Rename a node in the editor to one of these titles to let shots drive it. A preset lacking a titled node the
 shot needs fails before anything is queued, naming the title.
+
+Character slots: a preset holds "Character 1" ... "Character N" (N <= 4); a shot naming fewer characters runs
+with the slots it does not use taken out, with every node that only they feed (their Character Gallery), and
+the links from them into optional inputs (a prompt's `character_3`, a check's `gallery_3`) dropped.
 """
 from __future__ import annotations
 
@@ -48,8 +60,19 @@ SHOT_INPUTS: dict[str, dict[str, str | None]] = {
     "Dialogue": {"text": "dialogue"},
     "Save": {"filename_prefix": None},
     "Input Image": {"image": "image"},  # the shot's image, uploaded to the server that runs the shot
+    "Character Prompt": {"text": "prompt", "negative": "negative", "character_weight": "character_weight"},
+    "Character LoRAs": {"strength_scale": "lora_scale"},
+    "Face Refine": {"max_cycles": "refine_cycles", "denoise": "refine_denoise", "target": "identity_threshold"},
+    "Identity Check": {"threshold": "identity_threshold"},
+    "Shot Verdict": {"identity_pass": "identity_threshold"},
 }
-REQUIRED_TITLES = ("Prompt", "Sampler", "Save")
+REQUIRED_TITLES = ("Sampler", "Save")
+PROMPT_TITLES = ("Prompt", "Character Prompt")  # a preset needs one of them
+MAX_CHARACTER_SLOTS = 4
+
+
+def character_slot(number: int) -> str:
+    return f"Character {number}"
 
 
 class PresetError(ValueError):
@@ -96,6 +119,8 @@ def load_preset(name: str, object_info: dict | None = None) -> dict:
             raise PresetError(f"preset {name!r}: cannot convert {path.name} to API format: {error}") from None
     titles = {node.get("_meta", {}).get("title") for node in graph.values()}
     missing = [title for title in REQUIRED_TITLES if title not in titles]
+    if not titles & set(PROMPT_TITLES):
+        missing.insert(0, PROMPT_TITLES[0])
     if missing:
         raise PresetError(f"preset {name!r} has no node titled {', '.join(map(repr, missing))}; "
                           "see the title convention in controller/presets.py")
@@ -106,27 +131,80 @@ def nodes_titled(graph: dict, title: str) -> list[dict]:
     return [node for node in graph.values() if node.get("_meta", {}).get("title") == title]
 
 
+def character_slots(graph: dict) -> int:
+    """How many characters the preset takes: its "Character 1" ... "Character N" nodes, counted from 1."""
+    slots = 0
+    while slots < MAX_CHARACTER_SLOTS and nodes_titled(graph, character_slot(slots + 1)):
+        slots += 1
+    return slots
+
+
+def check_character_slots(name: str, graph: dict, characters: int) -> None:
+    slots = character_slots(graph)
+    if characters > slots:
+        raise PresetError(f"preset {name!r} has {slots} character slot{'s' if slots != 1 else ''} "
+                          f"({', '.join(map(character_slot, range(1, slots + 1))) or 'no node titled Character 1'}) "
+                          f"and the shot names {characters} characters: use a character preset such as "
+                          "shot_character, or title Load Character nodes 'Character 1', 'Character 2' ...")
+
+
+def _is_link(value) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+
+
+def without_unused_slots(graph: dict, used: int) -> dict:
+    """The graph without its character slots past `used`: those nodes, the nodes fed by nothing else (their
+    galleries), and every link from them into the inputs of the nodes that stay."""
+    removed = {node_id for node_id, node in graph.items()
+               if any(node.get("_meta", {}).get("title") == character_slot(number)
+                      for number in range(used + 1, MAX_CHARACTER_SLOTS + 1))}
+    while True:
+        fed_only_by_removed = {node_id for node_id, node in graph.items() if node_id not in removed and (
+            links := [value[0] for value in node["inputs"].values() if _is_link(value)]) and set(links) <= removed}
+        if not fed_only_by_removed:
+            break
+        removed |= fed_only_by_removed
+    kept = {}
+    for node_id, node in graph.items():
+        if node_id not in removed:
+            inputs = {name: value for name, value in node["inputs"].items()
+                      if not (_is_link(value) and value[0] in removed)}
+            kept[node_id] = {**node, "inputs": inputs}
+    return kept
+
+
 def fill_preset(graph: dict, shot: Shot, checkpoint: str | None, filename_prefix: str,
                 image_name: str | None = None) -> tuple[dict, dict]:
     """A copy of the preset graph with the shot's values in place, and the values filled (recorded per attempt).
 
     `image_name` is the shot's image as uploaded to the server (what LoadImage takes), not its local path.
     """
-    graph = copy.deepcopy(graph)
+    characters = shot.characters or []
+    check_character_slots(shot.workflow, graph, len(characters))
+    graph = without_unused_slots(copy.deepcopy(graph), len(characters))
     values = {**shot.as_dict(), "checkpoint": checkpoint, "image": image_name}
     filled = {}
+    for number, character in enumerate(characters, start=1):
+        for node in nodes_titled(graph, character_slot(number)):
+            node["inputs"]["character"] = character
+        filled[f"{character_slot(number)}.character"] = character
+    wanted: dict[str, list[str]] = {}  # a shot field with a value -> the titles that could take it
     for title, inputs in SHOT_INPUTS.items():
         nodes = nodes_titled(graph, title)
         for input_name, field in inputs.items():
             value = filename_prefix if field is None else values.get(field)
             if value is None:
                 continue  # the preset's own value stands
-            if not nodes:
-                raise PresetError(f"preset {shot.workflow!r} has no node titled {title!r} for the shot's {field}")
+            wanted.setdefault(field, []).append(title)
             for node in nodes:
                 if input_name not in node["inputs"]:
                     raise PresetError(f"preset {shot.workflow!r}: node titled {title!r} ({node['class_type']}) "
                                       f"has no input {input_name!r}")
                 node["inputs"][input_name] = value
-            filled[f"{title}.{input_name}"] = value
+            if nodes:
+                filled[f"{title}.{input_name}"] = value
+    for field, titles in wanted.items():
+        if not any(nodes_titled(graph, title) for title in titles):
+            raise PresetError(f"preset {shot.workflow!r} has no node titled {' or '.join(map(repr, titles))} "
+                              f"for the shot's {field or 'output files'}")
     return graph, filled

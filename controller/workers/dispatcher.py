@@ -19,6 +19,7 @@ import socket
 import time
 import uuid
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Awaitable, Callable
 
 import psycopg
@@ -32,8 +33,11 @@ from shotline_controller.comfy.client import (
     PromptRejected,
     PromptResult,
 )
-from shotline_controller.comfy.corrections import choose_correction
-from shotline_controller.comfy.presets import PresetError, fill_preset, find_preset, load_preset
+from shotline.core.characters import CharacterSheetError, find_characters, load_character
+from shotline.core.gallery_cache import most_typical_reference
+
+from shotline_controller.comfy.corrections import CorrectionContext, choose_correction
+from shotline_controller.comfy.presets import PresetError, fill_preset, find_preset, load_preset, nodes_titled
 from shotline_controller.comfy.results import (
     RenderError,
     choose_checkpoint,
@@ -47,6 +51,7 @@ from shotline_controller.settings import RANDOM_CHECKPOINT_NAME
 from shotline_controller.store.notifications import Notifications
 from shotline_controller.store.shots import ClaimedShot, NextClaim, ShotStore
 from shotline_controller.store.status import OPEN_ATTEMPT_STATUSES, AttemptStatus, ShotStatus
+from shotline_controller.media.sniff import sniff
 from shotline_controller.store.uploads import UploadStore
 
 log = logging.getLogger("shotline.dispatcher")
@@ -57,7 +62,8 @@ class Dispatcher:
     def __init__(self, pool: AsyncConnectionPool, backends: list[ComfyBackend], *, slots_per_backend: int = 2,
                  lease_seconds: float = 30.0, notifications: Notifications | None = None,
                  metrics: ControllerMetrics | None = None, idle_seconds: tuple[float, float] = (0.05, 2.0),
-                 on_outcome: Callable[[ClaimedShot, str], None] | None = None):
+                 on_outcome: Callable[[ClaimedShot, str], None] | None = None,
+                 character_library: Path | None = None):
         self.store = ShotStore(pool)
         self.uploads = UploadStore(pool)
         self.backends = backends
@@ -67,6 +73,7 @@ class Dispatcher:
         self.metrics = metrics or ControllerMetrics()
         self.idle_seconds = idle_seconds
         self.on_outcome = on_outcome
+        self.character_library = character_library   # where identity corrections read sheets and references
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.held: dict[uuid.UUID, tuple[ComfyBackend, str | None]] = {}   # shot -> (backend, prompt_id queued)
         self.cancelled: set[uuid.UUID] = set()                              # held shots whose prompt we stopped
@@ -315,8 +322,10 @@ class Dispatcher:
                 status, retry_verdicts = ShotStatus(shot_status(verdicts)), verdicts
             retry = None
             if status in (ShotStatus.REJECTED, ShotStatus.FAILED) and attempt_no < shot.max_attempts:
-                correction = choose_correction(shot.params, retry_verdicts, attempt_no)
-                retry = {"params": {**shot.params, **correction["changes"]}, "correction": correction}
+                correction = choose_correction(shot.params, retry_verdicts, attempt_no, shot.correction,
+                                               await self._correction_context(shot, backend))
+                changes = await self._with_reference_image(correction)
+                retry = {"params": {**shot.params, **changes}, "correction": correction}
         started = time.perf_counter()
         recorded, following = await self.store.finish_and_claim(
             attempt_id, status, claim, outputs=files, verdicts=verdicts, error=error, inputs=inputs,
@@ -326,6 +335,46 @@ class Dispatcher:
         if not recorded:
             return "recorded elsewhere", following
         return (ShotStatus.QUEUED.value if retry else status.value), following
+
+    # --- what identity corrections need -------------------------------------------------------------------
+
+    def _characters(self, names) -> list:
+        """The shot's characters from the library (those found)."""
+        if not names or self.character_library is None:
+            return []
+        folders = find_characters([self.character_library])
+        characters = []
+        for name in names:
+            try:
+                characters.append(load_character(folders[name]))
+            except (KeyError, CharacterSheetError, OSError) as error:
+                log.warning("character %s: %s", name, error)
+        return characters
+
+    async def _correction_context(self, shot: ClaimedShot, backend: ComfyBackend) -> CorrectionContext:
+        cached = self._presets.get((shot.workflow, backend.base_url))
+        characters = await asyncio.to_thread(self._characters, shot.params.get("characters"))
+        return CorrectionContext(has_loras=any(c.sheet.loras for c in characters),
+                                 has_input_image=bool(cached and nodes_titled(cached[1], "Input Image")))
+
+    async def _with_reference_image(self, correction: dict) -> dict:
+        """The correction's changes, with `reference_image_of` (identity rung 3) turned into the upload of that
+        character's most typical reference; without one, the rung's other changes stand."""
+        changes = dict(correction["changes"])
+        name = changes.pop("reference_image_of", None)
+        if name is None:
+            return changes
+        found = await asyncio.to_thread(self._characters, [name])
+        path = found and await asyncio.to_thread(most_typical_reference, found[0].folder / ".embeddings",
+                                                 found[0].references)
+        data = path and await asyncio.to_thread(path.read_bytes)
+        kind = data and sniff(data)
+        if not kind or kind.kind != "image":
+            correction["step"] += f" (no usable reference image of {name}: the seed changes only)"
+            return changes
+        changes["image"] = (await self.uploads.put(data, kind))["ref"]
+        correction["reference"] = path.name
+        return changes
 
     # --- what a backend needs -------------------------------------------------------------------------------
 

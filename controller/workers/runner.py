@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Awaitable, Callable
 
 from psycopg_pool import AsyncConnectionPool
@@ -34,7 +35,7 @@ class Workers:
     def __init__(self, pool: AsyncConnectionPool, backends: list[ComfyBackend], *, supervisors: dict | None = None,
                  slots_per_backend: int = 2, lease_seconds: float = 30.0, metrics: ControllerMetrics | None = None,
                  webhook_secret: bytes | None = None, webhook_policy: WebhookPolicy | None = None,
-                 max_streams: int = 256, service: bool = True):
+                 max_streams: int = 256, service: bool = True, character_library: Path | None = None):
         self.pool = pool
         self.backends = backends
         self.supervisors = supervisors or {}     # backend URL -> the supervisor of a ComfyUI started here
@@ -42,7 +43,7 @@ class Workers:
         self.notifications = Notifications.for_pool(pool, max_streams=max_streams)
         self.dispatcher = Dispatcher(pool, backends, slots_per_backend=slots_per_backend,
                                      lease_seconds=lease_seconds, notifications=self.notifications,
-                                     metrics=self.metrics)
+                                     metrics=self.metrics, character_library=character_library)
         self.service = service
         self.assembly = AssemblyWorker(pool, self.notifications)
         self.webhooks = WebhookSender(ShotStore(pool), webhook_secret or b"", webhook_policy or WebhookPolicy(),

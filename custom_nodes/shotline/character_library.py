@@ -1,4 +1,4 @@
-"""Load Character (a character from the library, with its prompts) and Apply Character LoRAs."""
+"""Load Character (a character from the library, with its prompts), Character Prompt and Apply Character LoRAs."""
 import os
 
 import comfy.sd
@@ -7,7 +7,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from . import model_folders
-from .core.characters import SHEET_FILE, find_characters, load_character, reference_images
+from .core.characters import SHEET_FILE, compose_prompts, find_characters, load_character, reference_images
 
 Character = io.Custom("SHOTLINE_CHARACTER")
 
@@ -59,6 +59,55 @@ class LoadCharacter(io.ComfyNode):
         return io.NodeOutput(loaded, loaded.sheet.design_prompt, loaded.sheet.negative_prompt)
 
 
+def character_inputs(tooltip: str) -> list:
+    """`character` and the optional `character_2` ... `character_4`: a shot's characters, in its order."""
+    return [Character.Input("character", tooltip=tooltip),
+            *(Character.Input(f"character_{number}", optional=True) for number in range(2, 5))]
+
+
+def connected(character, character_2=None, character_3=None, character_4=None) -> list:
+    characters = [c for c in (character, character_2, character_3, character_4) if c is not None]
+    names = [c.name for c in characters]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a character is connected twice: {', '.join(names)}")
+    return characters
+
+
+class CharacterPrompt(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ShotlineCharacterPrompt",
+            display_name="Character Prompt",
+            category="Shotline/characters",
+            description="The shot's prompt followed by each character's design prompt, and the shot's negative "
+                        "followed by each character's negative prompt, in the order connected; encoded with CLIP. "
+                        "The composed texts are outputs too, to see or reuse them.",
+            inputs=[
+                io.Clip.Input("clip"),
+                io.String.Input("text", multiline=True, default="", tooltip="The shot: action, place, framing."),
+                io.String.Input("negative", multiline=True, default="blurry, lowres, watermark"),
+                io.Float.Input("character_weight", default=1.0, min=0.5, max=2.0, step=0.05,
+                               tooltip="Weight of the design prompts, (design:1.15); identity corrections raise it."),
+                *character_inputs("The shot's first character."),
+            ],
+            outputs=[
+                io.Conditioning.Output(display_name="positive"),
+                io.Conditioning.Output(display_name="negative"),
+                io.String.Output(display_name="positive_text"),
+                io.String.Output(display_name="negative_text"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, clip, text, negative, character_weight, character, character_2=None, character_3=None,
+                character_4=None) -> io.NodeOutput:
+        characters = connected(character, character_2, character_3, character_4)
+        positive, negative = compose_prompts(text, negative, [c.sheet for c in characters], character_weight)
+        return io.NodeOutput(clip.encode_from_tokens_scheduled(clip.tokenize(positive)),
+                             clip.encode_from_tokens_scheduled(clip.tokenize(negative)), positive, negative)
+
+
 class ApplyCharacterLoras(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -66,21 +115,24 @@ class ApplyCharacterLoras(io.ComfyNode):
             node_id="ShotlineApplyCharacterLoras",
             display_name="Apply Character LoRAs",
             category="Shotline/characters",
-            description="Applies the LoRAs listed in the character's sheet, at the sheet's strengths times "
-                        "strength_scale. A character with no LoRAs passes the model and CLIP through.",
+            description="Applies the LoRAs listed in the sheets of the connected characters, at the sheets' "
+                        "strengths times strength_scale. Characters without LoRAs pass the model and CLIP through.",
             inputs=[
                 io.Model.Input("model"),
                 io.Clip.Input("clip"),
-                Character.Input("character"),
                 io.Float.Input("strength_scale", default=1.0, min=0.0, max=4.0, step=0.05,
-                               tooltip="Multiplies every strength in the sheet (0 turns the LoRAs off)."),
+                               tooltip="Multiplies every strength in the sheets (0 turns the LoRAs off); "
+                                       "identity corrections raise it."),
+                *character_inputs("A character whose sheet lists LoRAs."),
             ],
             outputs=[io.Model.Output(display_name="model"), io.Clip.Output(display_name="clip")],
         )
 
     @classmethod
-    def execute(cls, model, clip, character, strength_scale) -> io.NodeOutput:
-        for lora in character.sheet.loras:
+    def execute(cls, model, clip, strength_scale, character, character_2=None, character_3=None,
+                character_4=None) -> io.NodeOutput:
+        loras = [lora for c in connected(character, character_2, character_3, character_4) for lora in c.sheet.loras]
+        for lora in loras:
             # names the file and the loras folder when it is missing
             path = folder_paths.get_full_path_or_raise("loras", lora.name)
             weights = comfy.utils.load_torch_file(path, safe_load=True)

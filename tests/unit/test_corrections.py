@@ -44,3 +44,35 @@ def test_reasons_combine_and_unknown_reasons_reseed():
     assert combined["reason"] == "blurry, low identity"
     assert choose_correction(PARAMS, [verdict("something new")], 2) == {
         "changes": {"seed": 5 + 2 * SEED_STEP}, "reason": "something new"}
+
+
+def test_identity_failures_of_a_character_shot_climb_the_ladder():
+    from shotline_controller.comfy.corrections import CorrectionContext
+    params = {**PARAMS, "characters": ["aiko"]}
+    low = [verdict("frame 0: low identity: aiko 0.41 < 0.75", check="identity")]
+    first = choose_correction(params, low, 1)
+    assert first["identity_rung"] == 1 and first["changes"]["character_weight"] == 1.15
+    assert "seed" in first["changes"] and first["step"].startswith("rung 1 seed + weight")
+    assert "prompt" not in first["changes"]  # the design prompt is weighted, not the shot's own text
+    # a blurry attempt in between keeps the rung
+    blurry = choose_correction({**params, **first["changes"]}, [verdict("image 0: blurry")], 2, first)
+    assert blurry["identity_rung"] == 1 and "step" not in blurry
+    second = choose_correction({**params, **first["changes"]}, low, 3, blurry, CorrectionContext(has_loras=True))
+    assert second["identity_rung"] == 2
+    assert second["changes"]["lora_scale"] == 1.2
+    assert (second["changes"]["refine_cycles"], second["changes"]["refine_denoise"]) == (5, 0.55)
+    no_loras = choose_correction(params, low, 2, first)
+    assert "lora_scale" not in no_loras["changes"] and "LoRA scale" not in no_loras["step"]
+    # rung 3 starts from a reference only where the preset has an Input Image; else rung 2 again, further
+    third = choose_correction({**params, **second["changes"]}, low, 4, second,
+                              CorrectionContext(has_input_image=True))
+    assert third["identity_rung"] == 3 and third["changes"]["reference_image_of"] == "aiko"
+    without = choose_correction({**params, **second["changes"]}, low, 4, second)
+    assert without["identity_rung"] == 3 and without["changes"]["refine_cycles"] == 7
+    assert choose_correction({**params, "refine_cycles": 8, "refine_denoise": 0.75}, low, 5, without
+                             )["changes"]["refine_cycles"] == 8  # limits hold
+
+
+def test_identity_failure_without_characters_still_weights_the_prompt():
+    changes = choose_correction(PARAMS, [verdict("frame 0: no face found", check="identity")], 1)["changes"]
+    assert changes["prompt"] == "(a girl on a rooftop:1.15)"

@@ -53,3 +53,50 @@ def test_video_preset_takes_frames_fps_and_dialogue():
 def test_dialogue_on_a_preset_that_does_not_speak_is_named():
     with pytest.raises(PresetError, match="no node titled 'Dialogue' for the shot's dialogue"):
         fill_preset(load_preset("shot_video"), shot(dialogue="Hello"), checkpoint="m", filename_prefix="p")
+
+
+def character_graph() -> dict:
+    """Two character slots: each a Load Character feeding its gallery, both feeding the prompt and the check."""
+    def node(class_type, title, **inputs):
+        return {"class_type": class_type, "_meta": {"title": title}, "inputs": inputs}
+    return {
+        "1": node("ShotlineLoadCharacter", "Character 1", character="default"),
+        "2": node("ShotlineLoadCharacter", "Character 2", character="default"),
+        "3": node("ShotlineCharacterGallery", "Gallery 1", character=["1", 0], backend="auto"),
+        "4": node("ShotlineCharacterGallery", "Gallery 2", character=["2", 0], backend="auto"),
+        "5": node("ShotlineCharacterPrompt", "Character Prompt", clip=["9", 1], text="", negative="",
+                  character_weight=1.0, character=["1", 0], character_2=["2", 0]),
+        "6": node("KSampler", "Sampler", seed=0, steps=20, cfg=7.0, positive=["5", 0], negative=["5", 1]),
+        "7": node("ShotlineIdentityCheck", "Identity Check", image=["6", 0], gallery=["3", 0], gallery_2=["4", 0],
+                  threshold=0.75),
+        "8": node("SaveImage", "Save", images=["7", 0], filename_prefix="x"),
+        "9": node("CheckpointLoaderSimple", "Checkpoint", ckpt_name="m.safetensors"),
+        "10": node("EmptyLatentImage", "Size", width=512, height=512, batch_size=1),
+    }
+
+
+def test_characters_fill_their_slots_in_order():
+    graph, filled = fill_preset(character_graph(), shot(characters=["aiko", "kairo"], identity_threshold=0.6,
+                                                        character_weight=1.3), checkpoint="m.safetensors",
+                                filename_prefix="p")
+    assert (graph["1"]["inputs"]["character"], graph["2"]["inputs"]["character"]) == ("aiko", "kairo")
+    assert graph["5"]["inputs"]["text"] == "a red scarf" and graph["5"]["inputs"]["character_weight"] == 1.3
+    assert graph["7"]["inputs"]["threshold"] == 0.6
+    assert filled["Character 2.character"] == "kairo" and filled["Identity Check.threshold"] == 0.6
+
+
+def test_unused_character_slots_are_taken_out_with_what_only_they_feed():
+    graph, _ = fill_preset(character_graph(), shot(characters=["aiko"]), checkpoint="m.safetensors",
+                           filename_prefix="p")
+    assert "2" not in graph and "4" not in graph            # the slot and its gallery
+    assert "character_2" not in graph["5"]["inputs"] and "gallery_2" not in graph["7"]["inputs"]
+    assert graph["5"]["inputs"]["character"] == ["1", 0] and graph["7"]["inputs"]["gallery"] == ["3", 0]
+    assert set(graph) == {"1", "3", "5", "6", "7", "8", "9", "10"}
+
+
+def test_more_characters_than_slots_is_refused_naming_the_slots():
+    with pytest.raises(PresetError, match=r"has 2 character slots \(Character 1, Character 2\) and the shot names 3"):
+        fill_preset(character_graph(), shot(characters=["a", "b", "c"]), checkpoint="m.safetensors",
+                    filename_prefix="p")
+    with pytest.raises(PresetError, match="has 0 character slots"):
+        fill_preset(load_preset("shot_txt2img"), shot(characters=["a"]), checkpoint="m", filename_prefix="p")

@@ -180,3 +180,17 @@ def write_character(root: Path, folder_name: str, sheet: CharacterSheet, referen
     (folder / SHEET_FILE).write_text(yaml.safe_dump({k: v for k, v in data.items() if v not in ("", [], {})},
                                                     sort_keys=False, allow_unicode=True))
     return load_character(folder)
+
+
+def weighted(text: str, weight: float) -> str:
+    """`text` at `weight` in ComfyUI's prompt syntax: "(text:1.15)"; as it is at weight 1."""
+    text = text.strip()
+    return text if not text or abs(weight - 1.0) < 1e-6 else f"({text}:{weight:.2f})"
+
+
+def compose_prompts(prompt: str, negative: str, sheets, character_weight: float = 1.0) -> tuple[str, str]:
+    """The shot's prompt followed by each character's design prompt (at `character_weight`), and the shot's
+    negative followed by each character's negative prompt, in the order the characters are given."""
+    positive = [prompt.strip(), *(weighted(sheet.design_prompt, character_weight) for sheet in sheets)]
+    negatives = [negative.strip(), *(sheet.negative_prompt for sheet in sheets)]
+    return ", ".join(part for part in positive if part), ", ".join(part for part in negatives if part)

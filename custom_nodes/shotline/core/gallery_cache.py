@@ -104,3 +104,28 @@ def reference_embedder(detector, embedder) -> Callable[[Path], np.ndarray | None
         return embedder.embed(rgb, largest)
 
     return embed
+
+
+def most_typical_reference(folder, references) -> Path | None:
+    """The reference whose cached embedding is closest to the mean of its character's (any backend a Character
+    Gallery has cached, the first by name); the first reference when nothing is cached; None without references.
+    What an identity correction starts image-to-image from."""
+    references = [Path(path) for path in references]
+    if not references:
+        return None
+    cache = Path(folder)
+    for backend in sorted(path for path in cache.glob("*/") if path.is_dir()) if cache.is_dir() else ():
+        vectors = {}
+        for path in references:
+            entry = backend / f"{file_sha256(path)}.npy"
+            if entry.exists():
+                try:
+                    vector = np.load(entry, allow_pickle=False)
+                except (OSError, ValueError):
+                    continue
+                if vector.size:
+                    vectors[path] = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        if vectors:
+            centre = np.mean(list(vectors.values()), axis=0)
+            return max(vectors, key=lambda path: float(vectors[path] @ centre))
+    return references[0]
