@@ -6,6 +6,7 @@ from shotline_controller.settings import RANDOM_CHECKPOINT_NAME
 from shotline_controller.contract import Shot
 
 VERDICT_UI_KEY = "shotline_verdict"  # what our check nodes put in their ui output
+TEMP_FOLDER = "temp"                 # ComfyUI's folder type of previews
 
 
 class RenderError(RuntimeError):
@@ -40,7 +41,8 @@ def choose_checkpoint(shot: Shot, available: list[str]) -> str:
 
 def collect_results(history_outputs: dict) -> tuple[list[dict], list[dict]]:
     """Files and verdicts from a /history entry's outputs. A file a node reports under two keys (Save MP4: its
-    video preview and its probed media) is one file, kept under the first key."""
+    video preview and its probed media) is one file, kept under the first key. Files of type temp (the check
+    nodes' annotated previews, PreviewImage) are no shot output: ComfyUI empties its temp folder at every start."""
     files, verdicts, seen = [], [], set()
     for node_id, ui in history_outputs.items():
         for kind, items in ui.items():
@@ -48,7 +50,7 @@ def collect_results(history_outputs: dict) -> tuple[list[dict], list[dict]]:
                 verdicts += [{**verdict, "node_id": node_id} for verdict in items]
             elif isinstance(items, list):
                 for item in items:
-                    if not isinstance(item, dict) or "filename" not in item:
+                    if not isinstance(item, dict) or "filename" not in item or item.get("type") == TEMP_FOLDER:
                         continue
                     file = {"node_id": node_id, "kind": kind, "filename": item["filename"],
                             "subfolder": item.get("subfolder", ""), "type": item.get("type", "output")}

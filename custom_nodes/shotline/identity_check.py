@@ -188,4 +188,4 @@ class IdentityCheck(io.ComfyNode):
             progress.update(1)
         verdict = aggregate_frames(frames, min_pass_share=min_pass_share, threshold=thresholds)
         verdict["backend"] = galleries[0].backend
-        return verdict_output(image, verdict)
+        return verdict_output(image, verdict, cls=cls)

@@ -38,4 +38,4 @@ class ShotQualityScore(io.ComfyNode):
         thresholds = QualityThresholds(min_sharpness, min_contrast, max_clipped, min_side)
         progress = comfy.utils.ProgressBar(image.shape[0])
         verdict = assess_batch(image.cpu().numpy(), thresholds, on_image=lambda: progress.update(1))
-        return verdict_output(image, verdict)
+        return verdict_output(image, verdict, cls=cls)

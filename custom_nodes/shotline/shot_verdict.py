@@ -61,6 +61,8 @@ class ShotVerdict(io.ComfyNode):
                 identity_verdict=None, temporal_verdict=None) -> io.NodeOutput:
         thresholds = BandThresholds(approve_at=approve_at, reject_below=reject_below, identity_pass=identity_pass,
                                     golden_at=golden_at)
-        verdict = decide_band(_parse("quality_verdict", quality_verdict), _parse("identity_verdict", identity_verdict),
+        identity = _parse("identity_verdict", identity_verdict)
+        verdict = decide_band(_parse("quality_verdict", quality_verdict), identity,
                               _parse("temporal_verdict", temporal_verdict), thresholds)
-        return verdict_output(image, verdict, verdict["passed"], verdict["band"])
+        # the shot verdict holds no faces: its preview boxes them from the identity verdict it judged
+        return verdict_output(image, verdict, verdict["passed"], verdict["band"], cls=cls, faces_from=identity)

@@ -31,4 +31,4 @@ class TemporalCoherence(io.ComfyNode):
     def execute(cls, frames, min_ssim, max_luma_jump) -> io.NodeOutput:
         result = assess_frames(frames.cpu().numpy(), TemporalThresholds(min_ssim=min_ssim, max_luma_jump=max_luma_jump))
         verdict = {"check": "temporal", **result.as_dict()}
-        return verdict_output(frames, verdict)
+        return verdict_output(frames, verdict, cls=cls)

@@ -1,5 +1,7 @@
 """Character Gallery, Identity Check and Shot Verdict inside the real ComfyUI server, read back by the controller."""
 import asyncio
+import urllib.parse
+import urllib.request
 
 import aiohttp
 import cv2
@@ -9,6 +11,7 @@ import pytest
 from shotline_controller.comfy.client import ComfyBackend
 from shotline_controller.comfy.results import collect_results, shot_status
 from shotline.core.characters import parse_sheet, write_character
+from shotline.core.verdict_preview import FAIL_COLOUR, PASS_COLOUR, annotate, summary_line, verdict_status
 from tests.images import jpeg
 from tests.unit.test_identity import group_picture, t1_tiles
 
@@ -87,6 +90,63 @@ def test_the_right_two_people_pass_and_the_controller_reads_it(comfy, comfy_serv
     assert shot_status([shot]) == {"approve": "approved", "review": "needs_review"}[shot["band"]]
 
 
+def node_preview(comfy, entry: dict, node: str) -> tuple[np.ndarray, dict]:
+    """A check node's canvas preview fetched as the editor does (GET /view, type temp), decoded; and its verdict."""
+    ui = entry["outputs"][node]
+    [verdict] = ui["shotline_verdict"]
+    [image] = ui["images"]
+    assert image["type"] == "temp" and ui["text"] == [summary_line(verdict)]
+    query = urllib.parse.urlencode({key: image[key] for key in ("filename", "subfolder", "type")})
+    with urllib.request.urlopen(f"{comfy.url}/view?{query}", timeout=30) as response:
+        data = response.read()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB), verdict
+
+
+def assert_boxed(preview: np.ndarray, box, colour):
+    """The colour on the middle of each edge of a face box."""
+    x0, y0, x1, y1 = (round(value) for value in box)
+    for x, y in (((x0 + x1) // 2, y0), ((x0 + x1) // 2, y1), (x0, (y0 + y1) // 2), (x1, (y0 + y1) // 2)):
+        assert tuple(int(v) for v in preview[y, x]) == colour, (x, y, preview[y, x])
+
+
+VERDICT_KEYS = {
+    "identity": {"check", "score", "mean", "pass_share", "passed", "threshold", "reasons", "characters", "frames",
+                 "backend"},
+    "quality": {"check", "score", "passed", "reasons", "images", "thresholds"},
+    "shot": {"check", "band", "passed", "golden", "score", "reasons", "checks", "thresholds"},
+}
+
+
+def test_every_check_node_shows_its_verdict_on_the_canvas(comfy, comfy_server, two_characters):
+    frame = group_picture(two_characters[1], two_characters[0])
+    entry = comfy.run(identity_graph(save_input(comfy_server, "pair.png", frame)))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    files, verdicts = collect_results(entry["outputs"])
+    assert files == []  # the previews are temp files: no shot output
+    by_check = {verdict["check"]: verdict for verdict in verdicts}
+    previews = {}
+    for node in ("4", "5", "6"):
+        preview, verdict = node_preview(comfy, entry, node)
+        assert set(entry["outputs"][node]) == {"images", "animated", "text", "shotline_verdict"}
+        assert set(verdict) == VERDICT_KEYS[verdict["check"]]  # shotline_verdict as before, nothing added
+        assert by_check[verdict["check"]] == {**verdict, "node_id": node}
+        identity = by_check["identity"] if verdict["check"] == "shot" else None
+        assert preview.shape == annotate(frame, verdict, faces_from=identity).shape
+        assert preview.shape[1] == frame.shape[1] and preview.shape[0] > frame.shape[0]  # caption bar below
+        assert tuple(int(v) for v in preview[-2, 1]) == verdict_status(verdict)[1]
+        previews[verdict["check"]] = preview
+    identity = by_check["identity"]
+    assert entry["outputs"]["4"]["text"][0].startswith(f"PASS identity {identity['score']:.2f} | ")
+    [judged] = identity["frames"]
+    for match in judged["characters"].values():
+        for check in ("identity", "shot"):  # the shot verdict boxes the faces of the identity verdict it judged
+            assert_boxed(previews[check], judged["faces"][match["face"]]["box"], PASS_COLOUR)
+    # the quality preview is the frame untouched above its caption
+    pixels = np.clip(frame * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    assert np.array_equal(previews["quality"][:frame.shape[0]], pixels)
+
+
 def test_an_extra_person_and_no_face_fail_with_the_right_reason(comfy, comfy_server, two_characters):
     crowd = group_picture(two_characters[0], two_characters[1], two_characters[2])
     verdicts = run_with_controller_client(comfy.url, identity_graph(save_input(comfy_server, "crowd.png", crowd)))
@@ -113,6 +173,14 @@ def test_a_stranger_in_place_of_a_character_scores_low(comfy, comfy_server, two_
     assert chiara["score"] < 0.8 and not chiara["passed"]
     assert any(reason.startswith("frame 0: low identity: Chiara") for reason in verdicts["identity"]["reasons"])
     assert verdicts["identity"]["characters"]["Ben"]["passed"]
+    entry = comfy.run(identity_graph("swap.png"))
+    preview, identity = node_preview(comfy, entry, "4")
+    [judged] = identity["frames"]
+    chiara_face = judged["faces"][judged["characters"]["Chiara"]["face"]]
+    ben_face = judged["faces"][judged["characters"]["Ben"]["face"]]
+    assert_boxed(preview, chiara_face["box"], FAIL_COLOUR)
+    assert_boxed(preview, ben_face["box"], PASS_COLOUR)
+    assert "low identity: Chiara" in entry["outputs"]["4"]["text"][0]
 
 
 def test_missing_insightface_pack_names_the_file(comfy, comfy_server, two_characters):

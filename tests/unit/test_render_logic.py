@@ -20,6 +20,17 @@ def test_collect_results_reads_files_and_verdicts_from_history_outputs():
     assert verdicts == [{"check": "quality", "score": 0.5, "passed": False, "node_id": "10"}]
 
 
+def test_a_check_nodes_temp_preview_is_no_shot_output():
+    preview = {"filename": "ComfyUI_temp_abcde_00001_.png", "subfolder": "", "type": "temp"}
+    verdict = {"check": "identity", "score": 0.9, "passed": True}
+    outputs = {"4": {"images": [preview], "animated": [False], "text": ["PASS identity 0.90"],
+                     "shotline_verdict": [verdict]},
+               "9": {"images": [{"filename": "a.png", "subfolder": "", "type": "output"}]}}
+    files, verdicts = collect_results(outputs)
+    assert [file["filename"] for file in files] == ["a.png"]
+    assert verdicts == [{**verdict, "node_id": "4"}]
+
+
 def test_a_file_reported_under_two_keys_is_recorded_once():
     saved = {"filename": "v_00001_.mp4", "subfolder": "shotline", "type": "output"}
     outputs = {"9": {"images": [saved], "animated": [True], "shotline_media": [{**saved, "duration_s": 1.0}]}}
