@@ -48,6 +48,9 @@ PROTECTED_PACKAGES = ["torch", "torchvision", "torchaudio", "numpy"]
 # Debian packages the pack needs: Vulkan loader and OpenMP for the ncnn upscaler (it runs on the CPU without a GPU
 # driver), espeak-ng as the last offline speech engine. Elsewhere than Debian/Ubuntu the user installs them.
 SYSTEM_PACKAGES: list[str] = ["libvulkan1", "libomp5", "espeak-ng"]
+# The editor tests drive Debian's Chromium with Playwright (never `playwright install`, a browser download).
+# It is 120 MB to fetch and 410 MB on disk, so only --test installs it, and only where it is absent.
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 def log(message: str) -> None:
@@ -101,6 +104,18 @@ def ensure_system_packages() -> None:
         sys.exit(f"[install] missing system packages; run as root:\n  apt-get update && {' '.join(command)}")
     run(["apt-get", "update"])
     run(command)
+
+
+def ensure_browser() -> None:
+    """Chromium for tests/integration/test_editor_browser.py; without it (and without root) those tests fail."""
+    if CHROMIUM.exists():
+        return
+    command = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        log(f"no {CHROMIUM}: the editor tests will fail until it is installed (as root: {' '.join(command)})")
+        return
+    run(["apt-get", "update"])
+    run(command, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
 def ensure_venv() -> Path:
@@ -222,6 +237,8 @@ def main() -> int:
 
     state = load_state()
     ensure_system_packages()
+    if args.test is not None:
+        ensure_browser()
     python = ensure_venv()
 
     if args.comfyui:

@@ -4,8 +4,10 @@
 
 The usual direction is the other one (tune in the editor, export); this tool exists so a preset written as an
 API graph gets its editor twin. Widget values follow the server's /object_info input order, nodes are placed in
-columns by their depth in the graph. The tests check that converting the result back (comfy-cli's converter)
-gives the API file exactly.
+columns by their depth in the graph, each below the one before with room for its title bar and its full size
+(estimated from its title, slots and widgets, never less than the frontend draws it). The tests check that converting
+the result back (comfy-cli's converter) gives the API file exactly, and tests/integration/test_editor_browser.py
+that no two nodes overlap in the real editor.
 """
 from __future__ import annotations
 
@@ -13,7 +15,14 @@ import json
 import sys
 import urllib.request
 
-NODE_WIDTH, COLUMN_GAP, ROW_HEIGHT = 320, 60, 60
+NODE_WIDTH, COLUMN_GAP, ROW_GAP = 320, 60, 40
+# LiteGraph's measures (frontend 1.32): the title bar is drawn above a node's pos; a slot row is 20 px, a widget
+# 24 px, a multiline text box at least 62 px; an upload widget's image preview makes the node about this much taller
+TITLE_HEIGHT, SLOT_HEIGHT, WIDGET_HEIGHT, MULTILINE_HEIGHT, PREVIEW_HEIGHT, NODE_PADDING = 30, 20, 24, 64, 240, 14
+# core types the frontend gives a player, viewer or text box of its own, which /object_info does not describe
+FRONTEND_WIDGET_HEIGHT = {"LoadAudio": 80, "RecordAudio": 80, "SaveAudio": 60, "SaveAudioMP3": 60,
+                          "SaveAudioOpus": 60, "PreviewAudio": 60, "LoadVideo": 30, "WebcamCapture": 80,
+                          "Load3D": 130, "Preview3D": 60, "SaveGLB": 60, "PreviewAny": 60}
 SEED_INPUTS = {"seed", "noise_seed"}  # the editor adds a control_after_generate value after these
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
@@ -27,6 +36,37 @@ def _ordered_inputs(schema: dict) -> list[tuple[str, list]]:
     inputs = {**schema["input"].get("required", {}), **schema["input"].get("optional", {})}
     names = [*order.get("required", []), *order.get("optional", [])] or list(inputs)
     return [(name, inputs[name]) for name in names if name in inputs]
+
+
+def _is_widget(kind: str, spec: list) -> bool:
+    return kind in WIDGET_TYPES and not (len(spec) > 1 and spec[1].get("forceInput"))
+
+
+def node_height(schema: dict) -> int:
+    """At least the height the frontend computes for a node of this type (LiteGraph's computeSize): slot rows
+    (inputs beside outputs), then every widget the type has, linked or not, even those the graph leaves out."""
+    slots, height = 0, NODE_PADDING + FRONTEND_WIDGET_HEIGHT.get(schema.get("name"), 0)
+    for name, spec in _ordered_inputs(schema):
+        kind = spec[0] if isinstance(spec[0], str) else "COMBO"
+        options = spec[1] if len(spec) > 1 else {}
+        if not _is_widget(kind, spec):
+            slots += 1
+            continue
+        height += MULTILINE_HEIGHT if options.get("multiline") else WIDGET_HEIGHT
+        if name in SEED_INPUTS or options.get("control_after_generate"):
+            height += WIDGET_HEIGHT
+        if options.get("image_upload"):
+            height += WIDGET_HEIGHT + PREVIEW_HEIGHT  # the upload button, then the picture
+    return height + SLOT_HEIGHT * max(slots, len(schema["output"]))
+
+
+def node_width(title: str) -> int:
+    """At least the frontend's width: a title longer than the widgets are wide sets it (about 9 px a character)."""
+    return max(NODE_WIDTH, 9 * len(title) + 40)
+
+
+def _title(node: dict, schema: dict) -> str:
+    return node.get("_meta", {}).get("title") or schema.get("display_name") or node["class_type"]
 
 
 def _depths(graph: dict) -> dict[str, int]:
@@ -45,7 +85,12 @@ def _depths(graph: dict) -> dict[str, int]:
 
 def editor_from_api(graph: dict, object_info: dict) -> dict:
     depths = _depths(graph)
-    rows: dict[int, int] = {}
+    widths = {node_id: node_width(_title(node, object_info[node["class_type"]])) for node_id, node in graph.items()}
+    lefts, left = {}, 40  # each column as wide as its widest node
+    for column in range(max(depths.values()) + 1):
+        lefts[column] = left
+        left += max(width for node_id, width in widths.items() if depths[node_id] == column) + COLUMN_GAP
+    next_top: dict[int, int] = {}  # column -> where the next node's title bar may start
     nodes, links = [], []
     outputs: dict[tuple[str, int], list[int]] = {}
     link_into: dict[tuple[str, str], list] = {}  # (node id, input name) -> its link
@@ -66,7 +111,7 @@ def editor_from_api(graph: dict, object_info: dict) -> dict:
                 link[4] = len(inputs)
                 link[5] = kind
                 entry = {"name": name, "type": kind, "link": link[0]}
-                if kind in WIDGET_TYPES:
+                if _is_widget(kind, spec):
                     entry["widget"] = {"name": name}
                     widgets.append(None)
                 inputs.append(entry)
@@ -79,12 +124,12 @@ def editor_from_api(graph: dict, object_info: dict) -> dict:
         node_outputs = [{"name": name, "type": kind, "links": outputs.get((node_id, slot), []), "slot_index": slot}
                         for slot, (name, kind) in enumerate(zip(schema["output_name"], schema["output"]))]
         column = depths[node_id]
-        row = rows.get(column, 0)
-        rows[column] = row + 2 + len(inputs) + len(widgets)
+        top, height = next_top.get(column, 30), node_height(schema)
+        next_top[column] = top + TITLE_HEIGHT + height + ROW_GAP
         nodes.append({
             "id": int(node_id), "type": node["class_type"], "title": node.get("_meta", {}).get("title"),
-            "pos": [40 + column * (NODE_WIDTH + COLUMN_GAP), 60 + row * ROW_HEIGHT // 2],
-            "size": [NODE_WIDTH, 60 + 24 * (len(inputs) + len(widgets))], "flags": {}, "order": order, "mode": 0,
+            "pos": [lefts[column], top + TITLE_HEIGHT],
+            "size": [widths[node_id], height], "flags": {}, "order": order, "mode": 0,
             "inputs": inputs, "outputs": node_outputs,
             "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": widgets,
         })
