@@ -42,7 +42,7 @@ from shotline_controller.media.assembly_jobs import (
 )
 from shotline_controller.media.sniff import sniff
 from shotline_controller.parsing import parse_text, parse_yaml
-from shotline_controller.settings import Settings, SettingsError, load_settings
+from shotline_controller.settings import Settings, SettingsError, is_random_checkpoint, load_settings
 from shotline_controller.shot_list import (
     check_characters,
     check_presets,
@@ -141,6 +141,38 @@ def print_summary(shots: list[dict]) -> None:
                   "-" if shot["score"] is None else f"{shot['score']:.3f}", shot["output"] or "-"] for shot in shots])
 
 
+def character_story(shot: dict) -> list[str]:
+    """What happened to a character shot, attempt by attempt: the correction it took, each character's score,
+    what Face Refine did, and the verdict's reasons (from ShotStore.shot)."""
+    names = ", ".join(shot["params"].get("characters") or [])
+    lines = [f"{shot['shot_key']} ({names}): {shot['status']} after {len(shot['attempts'])} attempt(s)"]
+    for attempt in shot["attempts"]:
+        correction = attempt["correction"] or {}
+        step = correction.get("step") or correction.get("reason") or "as written"
+        lines.append(f"  attempt {attempt['attempt_no']} [{attempt['status']}] correction: {step}")
+        for verdict in attempt["verdicts"]:
+            check = verdict.get("check")
+            if check == "identity":
+                scores = ", ".join(f"{name} {'-' if c.get('score') is None else format(c['score'], '.2f')}"
+                                   f"/{c.get('threshold', 0):g}" for name, c in verdict.get("characters", {}).items())
+                lines.append(f"    identity: {scores or 'no character'}")
+            elif check == "face_refine":
+                lines.append(f"    face refine: {verdict.get('summary', '')}")
+                for face in verdict.get("faces", []):
+                    cycles = ", ".join(f"{c['score_after'] if c['score_after'] is not None else '-'}"
+                                       for c in face.get("cycles", []))
+                    lines.append(f"      face {face['face']} {face.get('character') or '(no character)'}: "
+                                 f"{face.get('score_in')} -> {face.get('score_out')} (cycles: {cycles or 'none'})")
+            elif check == "shot":
+                lines.append(f"    verdict: {verdict.get('band')} {verdict.get('score', 0):.2f}: "
+                             + "; ".join(verdict.get("reasons", [])[:3]))
+    if any(is_random_checkpoint((attempt["inputs"] or {}).get("Checkpoint.ckpt_name")) for attempt in shot["attempts"]):
+        lines.append("  The random test checkpoint draws noise, not faces, so no identity check can pass. With a real "
+                     "checkpoint in ComfyUI's models/checkpoints, delete the example's size, steps and min_side, "
+                     "and give your characters real references (shotline character put).")
+    return lines
+
+
 def print_table(headers, table: list[list[str]]) -> None:
     widths = [max([len(h), *(len(r[i]) for r in table)]) for i, h in enumerate(headers)]
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
@@ -194,7 +226,10 @@ async def render_command(args) -> int:
                 return batch["finished"]
             await workers.run(stop=asyncio.Event(), until=finished)
         rows = await store.batch_shots(batch_id)
+        stories = [await store.shot(row["id"]) for row in rows if row["params"].get("characters")]
     print(f"\nbatch {batch_id}: {len(shots)} shots in {time.monotonic() - started:.1f} s")
+    for story in stories:
+        print("\n".join(character_story(story)))
     print_summary(rows)
     return 1 if any(row["status"] == "failed" for row in rows) else 0
 

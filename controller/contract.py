@@ -161,8 +161,10 @@ CharacterNames = Annotated[list[Key], Field(min_length=1, max_length=MAX_CHARACT
 CharacterWeight = Annotated[float, Field(ge=0.5, le=2.0, description="weight of the characters' design prompts "
                                                                      "(identity corrections raise it)")]
 LoraScale = Annotated[float, Field(ge=0, le=4, description="multiplies the strengths of the characters' LoRAs")]
-RefineCycles = Annotated[int, Field(ge=0, le=12, description="Face Refine's most cycles per face")]
+RefineCycles = Annotated[int, Field(ge=1, le=12, description="Face Refine's most cycles per face")]
 RefineDenoise = Annotated[float, Field(ge=0, le=1, description="Face Refine's denoise")]
+MinSide = Annotated[int, Field(ge=16, le=8192, description="the shortest side the Quality check asks for (the "
+                                                           "preset's when absent; previews and tests go lower)")]
 Dialogue = Annotated[RequiredText, Field(max_length=MAX_DIALOGUE),
                      WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_DIALOGUE,
                                      "description": "dialogue presets: the line spoken"})]
@@ -193,6 +195,7 @@ class ShotDefaults(Strict):
     lora_scale: LoraScale | None = None
     refine_cycles: RefineCycles | None = None
     refine_denoise: RefineDenoise | None = None
+    min_side: MinSide | None = None
 
 
 class ShotInput(ShotDefaults):
@@ -227,6 +230,7 @@ class Shot(Strict):
     lora_scale: LoraScale | None = None
     refine_cycles: RefineCycles | None = None
     refine_denoise: RefineDenoise | None = None
+    min_side: MinSide | None = None
 
     @classmethod
     def from_input(cls, shot: ShotInput, image: str | None = None) -> "Shot":

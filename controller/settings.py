@@ -22,6 +22,12 @@ _CHECKOUT = Path(__file__).resolve().parent.parent
 PROJECT_ROOT = _CHECKOUT if (_CHECKOUT / "install.py").is_file() else None
 DEFAULT_STATE_DIR = (PROJECT_ROOT / ".shotline") if PROJECT_ROOT else Path.home() / ".shotline"
 RANDOM_CHECKPOINT_NAME = "shotline-random-sd15.safetensors"
+
+
+def is_random_checkpoint(name: str | None) -> bool:
+    """A random-weights test checkpoint (install's, or a variant tests build): it draws noise, never a subject."""
+    return bool(name) and Path(name).name.startswith("shotline-random")
+
 CHARACTER_FOLDER = "shotline_characters"   # the model folder the pack registers
 
 

@@ -18,8 +18,9 @@ and `api/NAME.json` in API format (what the controller queues). Folders in SHOTL
     Character Prompt  text, negative,          prompt, negative,
                       character_weight           character_weight
     Character LoRAs   strength_scale           lora_scale
-    Face Refine       max_cycles, denoise,     refine_cycles, refine_denoise,
-                      target                     identity_threshold
+    Face Refine       seed, max_cycles,        seed, refine_cycles,
+                      denoise, target            refine_denoise, identity_threshold
+    Quality           min_side                 min_side
     Identity Check    threshold                identity_threshold
     Shot Verdict      identity_pass            identity_threshold
 
@@ -62,7 +63,9 @@ SHOT_INPUTS: dict[str, dict[str, str | None]] = {
     "Input Image": {"image": "image"},  # the shot's image, uploaded to the server that runs the shot
     "Character Prompt": {"text": "prompt", "negative": "negative", "character_weight": "character_weight"},
     "Character LoRAs": {"strength_scale": "lora_scale"},
-    "Face Refine": {"max_cycles": "refine_cycles", "denoise": "refine_denoise", "target": "identity_threshold"},
+    "Face Refine": {"seed": "seed", "max_cycles": "refine_cycles", "denoise": "refine_denoise",
+                    "target": "identity_threshold"},
+    "Quality": {"min_side": "min_side"},
     "Identity Check": {"threshold": "identity_threshold"},
     "Shot Verdict": {"identity_pass": "identity_threshold"},
 }

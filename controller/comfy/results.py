@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 
-from shotline_controller.settings import RANDOM_CHECKPOINT_NAME
+from shotline_controller.settings import RANDOM_CHECKPOINT_NAME, is_random_checkpoint
 from shotline_controller.contract import Shot
 
 VERDICT_UI_KEY = "shotline_verdict"  # what our check nodes put in their ui output
+REFINE_UI_KEY = "shotline_refine"    # Face Refine's record: every face, every cycle, its seed and scores
+REFINE_CHECK = "face_refine"
 TEMP_FOLDER = "temp"                 # ComfyUI's folder type of previews
 
 
@@ -30,7 +32,7 @@ def choose_checkpoint(shot: Shot, available: list[str]) -> str:
             raise RenderError(f"shot {shot.id}: checkpoint {shot.checkpoint!r} is not in ComfyUI's "
                               f"models/checkpoints (found: {', '.join(available) or 'none'})")
         return shot.checkpoint
-    real = [name for name in available if name != RANDOM_CHECKPOINT_NAME]
+    real = [name for name in available if not is_random_checkpoint(name)]
     if real:
         return real[0]
     if RANDOM_CHECKPOINT_NAME in available:
@@ -48,6 +50,8 @@ def collect_results(history_outputs: dict) -> tuple[list[dict], list[dict]]:
         for kind, items in ui.items():
             if kind == VERDICT_UI_KEY:
                 verdicts += [{**verdict, "node_id": node_id} for verdict in items]
+            elif kind == REFINE_UI_KEY:
+                verdicts += [{**refine_verdict(record), "node_id": node_id} for record in items]
             elif isinstance(items, list):
                 for item in items:
                     if not isinstance(item, dict) or "filename" not in item or item.get("type") == TEMP_FOLDER:
@@ -61,6 +65,16 @@ def collect_results(history_outputs: dict) -> tuple[list[dict], list[dict]]:
     return files, verdicts
 
 
+def refine_verdict(record: dict) -> dict:
+    """Face Refine's record as a verdict row: its score is the worst refined face's final score (0 when no face
+    of a character was found), passed when every such face reached its target. A repair, not a check: it never
+    decides a shot's status by itself (`shot_status`)."""
+    faces = [face for face in record.get("faces", []) if face.get("character") is not None]
+    finals = [face.get("score_out") or 0.0 for face in faces]
+    passed = bool(faces) and all((face.get("score_out") or 0.0) >= (face.get("target") or 0.0) for face in faces)
+    return {**record, "check": REFINE_CHECK, "score": round(min(finals, default=0.0), 4), "passed": passed}
+
+
 BAND_STATUS = {"approve": "approved", "review": "needs_review", "reject": "rejected"}
 
 
@@ -69,4 +83,5 @@ def shot_status(verdicts: list[dict]) -> str:
     bands = [verdict["band"] for verdict in verdicts if verdict.get("check") == "shot"]
     if bands:
         return next(BAND_STATUS[band] for band in ("reject", "review", "approve") if band in bands)
-    return "approved" if verdicts and all(verdict["passed"] for verdict in verdicts) else "rejected"
+    checks = [verdict for verdict in verdicts if verdict.get("check") != REFINE_CHECK]
+    return "approved" if checks and all(verdict["passed"] for verdict in checks) else "rejected"

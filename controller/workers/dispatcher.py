@@ -47,7 +47,7 @@ from shotline_controller.comfy.results import (
 )
 from shotline_controller.contract import InputError, Shot
 from shotline_controller.metrics import ControllerMetrics
-from shotline_controller.settings import RANDOM_CHECKPOINT_NAME
+from shotline_controller.settings import is_random_checkpoint
 from shotline_controller.store.notifications import Notifications
 from shotline_controller.store.shots import ClaimedShot, NextClaim, ShotStore
 from shotline_controller.store.status import OPEN_ATTEMPT_STATUSES, AttemptStatus, ShotStatus
@@ -263,7 +263,7 @@ class Dispatcher:
             # a shot this controller cannot build: record why, never loop on it
             await self.store.finish_attempt(attempt_id, ShotStatus.FAILED, error={"exception_message": str(error)})
             return ShotStatus.FAILED.value, None
-        if checkpoint == RANDOM_CHECKPOINT_NAME:
+        if is_random_checkpoint(checkpoint):
             log.warning("%s: rendering with the random test checkpoint: images are noise", shot.shot_key)
 
         self.held[shot.id] = (backend, prompt_id)

@@ -228,3 +228,45 @@ def test_an_image_outside_the_lists_folder_is_refused(where, mode, database_url,
     assert "Traceback" not in result.stderr
     with psycopg.connect(database_url) as conn:  # refused before the database was even opened
         assert conn.execute("SELECT to_regclass('shots')").fetchone() == (None,)
+
+
+def test_a_character_shot_climbs_the_identity_ladder_and_records_every_score(comfy, comfy_server, database_url,
+                                                                            tmp_path):
+    """The example characters, the shot_character preset and the random checkpoint (which draws no face): every
+    attempt is refined and checked, each records its rung, its per-character score and Face Refine's record."""
+    from shotline_controller.example_characters import ensure_example_characters
+    ensure_example_characters(comfy_server.characters_dir)
+    one = {"shots": [{"id": "c01", "workflow": "shot_character", "characters": ["example_a"], "prompt": "portrait",
+                      "seed": 7, "size": "128x128", "steps": 1, "min_side": 64, "identity_threshold": 0.7}]}
+    result = shotline("render", write_list(tmp_path / "one.yaml", one), "--comfy", comfy.url, "--max-attempts", "3",
+                      env={"DATABASE_URL": database_url, "SHOTLINE_CHARACTER_LIBRARY": str(comfy_server.characters_dir)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "c01 (example_a): rejected after 3 attempt(s)" in result.stdout
+    assert "rung 2 LoRAs + refine" in result.stdout and "no identity check can pass" in result.stdout, result.stdout
+    db = recorded(database_url)
+    attempts = db["attempts"]
+    assert [a["attempt_no"] for a in attempts] == [1, 2, 3]
+    assert attempts[0]["correction"] is None
+    assert attempts[1]["correction"]["step"].startswith("rung 1 seed + weight")
+    assert attempts[1]["inputs"]["Character Prompt.character_weight"] == 1.15
+    assert attempts[2]["correction"]["step"].startswith("rung 2 LoRAs + refine")
+    assert attempts[2]["inputs"]["Face Refine.max_cycles"] == 5 and attempts[2]["inputs"]["Face Refine.denoise"] == 0.55
+    assert all(a["inputs"]["Character 1.character"] == "example_a" for a in attempts)
+    assert all(a["inputs"]["Identity Check.threshold"] == 0.7 for a in attempts)
+    assert len({a["inputs"]["Sampler.seed"] for a in attempts}) == 3  # every rung takes a new seed
+    checks = sorted((v["shot_key"], v["check_name"]) for v in db["verdicts"])
+    assert checks == [("c01", name) for name in ["face_refine", "identity", "quality", "shot"] for _ in range(3)]
+    with psycopg.connect(database_url) as conn:
+        scores = conn.execute("SELECT character_name, score, threshold, passed FROM character_scores "
+                              "ORDER BY attempt_id").fetchall()
+    assert len(scores) == 3 and {row[0] for row in scores} == {"Example A"}
+    assert all(row[1] is None and row[2] == 0.7 and row[3] is False for row in scores)  # no face: no score
+
+
+def test_an_unknown_character_names_the_field(comfy_server, tmp_path):
+    bad = {"shots": [{"id": "a", "prompt": "x", "workflow": "shot_character", "characters": ["nobody"]}]}
+    result = shotline("render", write_list(tmp_path / "bad.yaml", bad), "--comfy", "http://127.0.0.1:9",
+                      env={"SHOTLINE_CHARACTER_LIBRARY": str(comfy_server.characters_dir)})
+    assert result.returncode == 2
+    assert "shots[0].characters[0]: no character 'nobody' in the library" in result.stderr
+    assert "Traceback" not in result.stderr
