@@ -230,6 +230,14 @@ def test_submit_records_the_batch_and_its_shots_from_json_and_yaml(database_url,
     ({"shots": [{"id": "a", "prompt": "x"}], "colour": "red"}, "colour"),
     ({"shots": [{"id": "a", "prompt": "x", "workflow": "no_such_preset"}]}, "shots[0].workflow"),
     ({"shots": [{"id": "a", "prompt": "x", "scene": "sc 1"}]}, "shots[0].scene"),
+    ({"shots": [{"id": "a", "prompt": "x", "workflow": "shot_character", "characters": ["nobody"]}]},
+     "shots[0].characters[0]"),
+    ({"shots": [{"id": "a", "prompt": "x", "characters": ["aiko"]}]}, "shots[0].workflow"),  # no character slot
+    ({"shots": [{"id": "a", "prompt": "x", "characters": ["aiko", "aiko"]}]}, "shots[0].characters"),
+    ({"shots": [{"id": "a", "prompt": "x", "characters": ["a", "b", "c", "d", "e"]}]}, "shots[0].characters"),
+    ({"shots": [{"id": "a", "prompt": "x", "characters": ["aiko\n"]}]}, "shots[0].characters[0]"),
+    ({"shots": [{"id": "a", "prompt": "x", "identity_threshold": 1.5}]}, "shots[0].identity_threshold"),
+    ({"shots": [{"id": "a", "prompt": "x", "refine_cycles": 0}]}, "shots[0].refine_cycles"),
     ({"shots": [{"id": "a", "prompt": "x", "duration": 0}]}, "shots[0].duration"),
     ({"shots": [{"id": "a", "prompt": "x", "size": "500x500"}]}, "shots[0].size"),
     ({"shots": []}, "shots"),
@@ -245,6 +253,27 @@ def test_malformed_batches_name_the_field_and_queue_nothing(database_url, tmp_pa
     assert (status, answer["field"]) == (400, field), answer
     assert answer["error"] and "Traceback" not in answer["error"]
     assert shots == 0
+
+
+def test_a_character_shot_is_queued_with_its_characters(database_url, tmp_path):
+    from shotline.core.characters import parse_sheet, write_character
+    library = tmp_path / "library"
+    write_character(library, "aiko", parse_sheet({"name": "Aiko", "design_prompt": "silver bob"}), {})
+    settings = Settings(state_dir=tmp_path / "state", comfyui_dir=None, comfyui_python=None, extra_model_paths=None,
+                        database_url=database_url, character_library_root=library)
+
+    async def work(client, pool):
+        batch = await submit(client, [{"id": "c1", "prompt": "x", "workflow": "shot_character",
+                                       "characters": ["aiko"], "identity_threshold": 0.6}])
+        refused = await client.post("/api/v1/batches", json={"shots": [
+            {"id": "c1", "prompt": "x", "workflow": "shot_character", "characters": ["aiko", "ren"]}]}, headers=AUTH)
+        return batch, await sql(pool, "SELECT params FROM shots"), refused.status, await refused.json()
+
+    batch, rows, status, refusal = run_service(database_url, tmp_path, work, settings=settings)
+    assert len(batch["shot_ids"]) == 1
+    assert rows[0][0]["characters"] == ["aiko"] and rows[0][0]["identity_threshold"] == 0.6
+    assert (status, refusal["field"]) == (400, "shots[0].characters[1]")
+    assert "no character 'ren' in the library (it has: aiko)" in refusal["error"]
 
 
 def test_unreadable_bodies_and_paths(database_url, tmp_path):
