@@ -7,6 +7,7 @@ from .audio_mix import DuckAndMix
 from .character_library import ApplyCharacterLoras, LoadCharacter
 from .color_grade import ColorGrade
 from .dialogue_speech import DialogueSpeech
+from .face_refine import FaceRefine
 from .frame_interpolation import InterpolateFrames
 from .identity_check import CharacterGallery, IdentityCheck
 from .last_frame import LastFrame
@@ -21,5 +22,5 @@ class ShotlineExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [ShotQualityScore, IdentityCheck, TemporalCoherence, ShotVerdict, LoadCharacter,
-                ApplyCharacterLoras, CharacterGallery, SaveMP4, LastFrame, ColorGrade,
+                ApplyCharacterLoras, CharacterGallery, FaceRefine, SaveMP4, LastFrame, ColorGrade,
                 DialogueSpeech, DuckAndMix, Upscale, InterpolateFrames]

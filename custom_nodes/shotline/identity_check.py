@@ -38,6 +38,8 @@ class CharacterGalleryData:
     embedder: tuple[str, str | None]
     embeddings: np.ndarray           # (references with a face, D)
     faceless: list[str]              # references in which no face was found
+    design_prompt: str = ""          # the sheet's prompts, so Face Refine prompts each face as its character
+    negative_prompt: str = ""
 
 
 def insightface_packs() -> dict[str, tuple[Path, Path]]:
@@ -135,7 +137,8 @@ class CharacterGallery(io.ComfyNode):
         return io.NodeOutput(CharacterGalleryData(
             name=character.name, threshold=character.sheet.thresholds.get("identity"), backend=key,
             detector=(detector_kind, detector_path), embedder=(embedder_kind, embedder_path),
-            embeddings=embeddings, faceless=[str(p) for p in faceless]))
+            embeddings=embeddings, faceless=[str(p) for p in faceless],
+            design_prompt=character.sheet.design_prompt, negative_prompt=character.sheet.negative_prompt))
 
 
 class IdentityCheck(io.ComfyNode):
