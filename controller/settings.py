@@ -21,7 +21,7 @@ from pathlib import Path
 _CHECKOUT = Path(__file__).resolve().parent.parent
 PROJECT_ROOT = _CHECKOUT if (_CHECKOUT / "install.py").is_file() else None
 DEFAULT_STATE_DIR = (PROJECT_ROOT / ".shotline") if PROJECT_ROOT else Path.home() / ".shotline"
-RANDOM_CHECKPOINT_NAME = "shotline-random-sd15.safetensors"
+RANDOM_CHECKPOINT_NAME = "shotline-random-sd15-v2.safetensors"  # v2: TAESD vae_scale 1 (v1 had 0: NaN encodes)
 
 
 def is_random_checkpoint(name: str | None) -> bool:

@@ -74,6 +74,8 @@ def build(comfyui: Path, output: Path, seed: int = 0) -> None:
     vae = comfy.taesd.taesd.TAESD(latent_channels=4)
     for module in (model, clip.cond_stage_model, vae):
         initialise(module)
+    with torch.no_grad():  # TAESD's latent scale is a bare parameter, not a layer: zero would divide by zero
+        vae.vae_scale.fill_(1.0)
     vae_state = vae.state_dict()
     state = model.state_dict_for_saving(clip.get_sd(), vae_state)
     state = {key: value.to(torch.float16).contiguous() if value.is_floating_point() else value.contiguous()

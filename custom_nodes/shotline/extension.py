@@ -4,7 +4,7 @@ from typing_extensions import override
 from comfy_api.latest import ComfyExtension, io
 
 from .audio_mix import DuckAndMix
-from .character_library import ApplyCharacterLoras, LoadCharacter
+from .character_library import ApplyCharacterLoras, CharacterPrompt, LoadCharacter
 from .color_grade import ColorGrade
 from .dialogue_speech import DialogueSpeech
 from .face_refine import FaceRefine
@@ -22,5 +22,5 @@ class ShotlineExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [ShotQualityScore, IdentityCheck, TemporalCoherence, ShotVerdict, LoadCharacter,
-                ApplyCharacterLoras, CharacterGallery, FaceRefine, SaveMP4, LastFrame, ColorGrade,
+                ApplyCharacterLoras, CharacterPrompt, CharacterGallery, FaceRefine, SaveMP4, LastFrame, ColorGrade,
                 DialogueSpeech, DuckAndMix, Upscale, InterpolateFrames]

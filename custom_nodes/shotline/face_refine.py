@@ -20,20 +20,9 @@ from .core.face_refine import (FacePrompt, FaceScorer, RefineSettings, character
                                preview_faces, refine_frame, refine_record, resize)
 from .core.faces import load_detector
 from .core.identity import DEFAULT_THRESHOLD
-from .identity_check import Gallery
+from .identity_check import Gallery, check_galleries
 
 REFINE_UI_KEY = "shotline_refine"
-
-
-def check_galleries(galleries) -> None:
-    """One face backend and each character once: what Identity Check asks of its galleries too."""
-    backends = {g.backend for g in galleries}
-    if len(backends) > 1:
-        raise ValueError(f"the galleries use different face backends ({', '.join(sorted(backends))}): "
-                         "choose the same backend on every Character Gallery")
-    names = [g.name for g in galleries]
-    if len(set(names)) != len(names):
-        raise ValueError(f"a character is connected twice: {', '.join(names)}")
 
 
 class ComfySampler:

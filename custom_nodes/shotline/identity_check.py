@@ -88,6 +88,17 @@ def resolve_backend(style: str, backend: str, pack: str, anime_detector: str, em
             ("ccip", folder_paths.get_full_path_or_raise(model_folders.CHARACTER_EMBEDDERS, embedder_file)))
 
 
+def check_galleries(galleries) -> None:
+    """One face backend and each character once: what Identity Check and Face Refine ask of their galleries."""
+    backends = {g.backend for g in galleries}
+    if len(backends) > 1:
+        raise ValueError(f"the galleries use different face backends ({', '.join(sorted(backends))}): "
+                         "choose the same backend on every Character Gallery")
+    names = [g.name for g in galleries]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a character is connected twice: {', '.join(names)}")
+
+
 class CharacterGallery(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -173,13 +184,7 @@ class IdentityCheck(io.ComfyNode):
     def execute(cls, image, gallery, threshold, allow_extra_faces, min_pass_share, gallery_2=None, gallery_3=None,
                 gallery_4=None) -> io.NodeOutput:
         galleries = [g for g in (gallery, gallery_2, gallery_3, gallery_4) if g is not None]
-        backends = {g.backend for g in galleries}
-        if len(backends) > 1:
-            raise ValueError(f"the galleries use different face backends ({', '.join(sorted(backends))}): "
-                             "choose the same backend on every Character Gallery of one check")
-        names = [g.name for g in galleries]
-        if len(set(names)) != len(names):
-            raise ValueError(f"a character is connected twice: {', '.join(names)}")
+        check_galleries(galleries)
         detector = load_detector(*galleries[0].detector)
         embedder = load_embedder(*galleries[0].embedder)
         thresholds = {g.name: g.threshold if g.threshold is not None else threshold for g in galleries}

@@ -23,26 +23,11 @@ VAE_SCALE = "first_stage_model.vae_scale"
 
 @pytest.fixture(scope="module")
 def checkpoint(model_cache) -> str:
-    """The random test checkpoint, or a copy with its TAESD's vae_scale at 1 where it is 0.
-
-    random_checkpoint.py zeroes every tensor before re-initialising the layers, which leaves TAESD's vae_scale
-    parameter (1.0 in ComfyUI) at 0: encoding divides by it (inf), so every refined crop would be NaN and no cycle
-    could be scored. The copy is built once beside the original; with a fixed builder it is not needed.
-    """
+    """The random test checkpoint; its TAESD must encode (vae_scale 1: a 0 there made every refined crop NaN)."""
     from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-    original = model_cache / "checkpoints" / RANDOM_CHECKPOINT_NAME
-    with safe_open(str(original), "pt") as file:
-        if float(file.get_tensor(VAE_SCALE)) != 0.0:
-            return RANDOM_CHECKPOINT_NAME
-    fixed = original.with_name(original.stem + "-vae-scale-1.safetensors")
-    if not fixed.exists():
-        state = load_file(str(original))
-        state[VAE_SCALE] = state[VAE_SCALE].new_tensor(1.0)
-        partial = fixed.with_suffix(".partial")
-        save_file(state, str(partial))
-        partial.rename(fixed)
-    return fixed.name
+    with safe_open(str(model_cache / "checkpoints" / RANDOM_CHECKPOINT_NAME), "pt") as file:
+        assert float(file.get_tensor(VAE_SCALE)) == 1.0
+    return RANDOM_CHECKPOINT_NAME
 
 
 @pytest.fixture(scope="module")
