@@ -270,7 +270,8 @@ def main() -> int:
     link_pack(comfyui, args.copy)
     write_extra_model_paths()
     ensure_random_checkpoint(comfyui, comfy_python)
-    run([python, "-m", "shotline_controller.example_characters"])  # two people from a photo inside a package
+    # two people from a photo inside a package, and the example shot list's input picture of them
+    run([python, "-m", "shotline_controller.example_characters", "--inputs", ROOT / "workflows" / "example_inputs"])
     log(f"ComfyUI:  {comfyui} ({'installed by Shotline' if managed else 'yours'}), Python {comfy_python}")
     log(f"node pack: {comfyui / 'custom_nodes' / 'shotline'}")
     log(f"project venv: {VENV_DIR}; CLI: {VENV_DIR / 'bin' / 'shotline'}")

@@ -159,17 +159,20 @@ def character_story(shot: dict) -> list[str]:
             elif check == "face_refine":
                 lines.append(f"    face refine: {verdict.get('summary', '')}")
                 for face in verdict.get("faces", []):
-                    cycles = ", ".join(f"{c['score_after'] if c['score_after'] is not None else '-'}"
-                                       for c in face.get("cycles", []))
+                    cycles = ", ".join(f"seed {c['seed']}: " + ("face lost" if c.get("score_after") is None
+                                                                 else f"{c['score_after']:.2f}")
+                                       + (" kept" if c.get("kept") else "") for c in face.get("cycles", []))
                     lines.append(f"      face {face['face']} {face.get('character') or '(no character)'}: "
-                                 f"{face.get('score_in')} -> {face.get('score_out')} (cycles: {cycles or 'none'})")
+                                 f"{face.get('score_in')} -> {face.get('score_out')} (cycles: {cycles or 'none'}; "
+                                 f"prompt: {face.get('prompt') or '-'})")
             elif check == "shot":
                 lines.append(f"    verdict: {verdict.get('band')} {verdict.get('score', 0):.2f}: "
                              + "; ".join(verdict.get("reasons", [])[:3]))
     if any(is_random_checkpoint((attempt["inputs"] or {}).get("Checkpoint.ckpt_name")) for attempt in shot["attempts"]):
-        lines.append("  The random test checkpoint draws noise, not faces, so no identity check can pass. With a real "
-                     "checkpoint in ComfyUI's models/checkpoints, delete the example's size, steps and min_side, "
-                     "and give your characters real references (shotline character put).")
+        lines.append("  The random test checkpoint draws noise, not faces: a face it generates or re-samples cannot "
+                     "match a character (Face Refine then keeps the input's face). With a real checkpoint in "
+                     "ComfyUI's models/checkpoints, delete the example's size, steps and min_side, and give your "
+                     "characters real references (shotline character put).")
     return lines
 
 

@@ -163,6 +163,8 @@ CharacterWeight = Annotated[float, Field(ge=0.5, le=2.0, description="weight of 
 LoraScale = Annotated[float, Field(ge=0, le=4, description="multiplies the strengths of the characters' LoRAs")]
 RefineCycles = Annotated[int, Field(ge=1, le=12, description="Face Refine's most cycles per face")]
 RefineDenoise = Annotated[float, Field(ge=0, le=1, description="Face Refine's denoise")]
+RefineSize = Annotated[int, Field(ge=64, le=4096, multiple_of=8, description="Face Refine's guide_size: the "
+                                                                         "long side a face crop is sampled at")]
 MinSide = Annotated[int, Field(ge=16, le=8192, description="the shortest side the Quality check asks for (the "
                                                            "preset's when absent; previews and tests go lower)")]
 Dialogue = Annotated[RequiredText, Field(max_length=MAX_DIALOGUE),
@@ -195,6 +197,7 @@ class ShotDefaults(Strict):
     lora_scale: LoraScale | None = None
     refine_cycles: RefineCycles | None = None
     refine_denoise: RefineDenoise | None = None
+    refine_size: RefineSize | None = None
     min_side: MinSide | None = None
 
 
@@ -230,6 +233,7 @@ class Shot(Strict):
     lora_scale: LoraScale | None = None
     refine_cycles: RefineCycles | None = None
     refine_denoise: RefineDenoise | None = None
+    refine_size: RefineSize | None = None
     min_side: MinSide | None = None
 
     @classmethod

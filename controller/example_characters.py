@@ -1,13 +1,14 @@
 """The example characters `python3 install.py` puts in the character library, from a photo that ships in a package.
 
-    python -m shotline_controller.example_characters [--library DIR]
+    python -m shotline_controller.example_characters [--library DIR] [--inputs DIR]
 
 No image of a person is committed to this repository and none is downloaded: the faces come from InsightFace's
 sample photo `t1.jpg` (six people in a row, inside the `insightface` wheel). `example_a` is its leftmost person and
 `example_b` the next one. Each gets four references made from that one photo (the face, mirrored, a JPEG-q50
 copy and a 0.6x copy), which is enough for the identity checks to tell the two apart and for the example render to
 show the whole loop; a real character needs real references (front, three-quarter, profile, expressions).
-Safe to run again: an existing character folder is left as it is.
+With `--inputs DIR` it also writes `example_pair.png` there: the two faces side by side (520 x 200), the input of
+the example shot list's face-repair shot. Safe to run again: what exists is left as it is.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ EXAMPLES = {
     "example_b": {"name": "Example B", "person": 1},
 }
 TILE = 200
+GAP = 40
+PAIR_FILE = "example_pair.png"
 
 
 def sample_photo() -> np.ndarray:
@@ -81,13 +84,32 @@ def ensure_example_characters(library: Path) -> list[str]:
     return missing
 
 
+def pair_picture(tiles: list[np.ndarray]) -> np.ndarray:
+    """example_a and example_b side by side on grey, left to right: 520 x 200, both sides multiples of 8."""
+    gap = np.full((TILE, GAP, 3), 128, np.uint8)
+    people = [tiles[EXAMPLES[folder]["person"]] for folder in EXAMPLES]
+    return np.ascontiguousarray(np.hstack([gap, people[0], gap, people[1], gap]))
+
+
+def ensure_example_inputs(folder: Path) -> Path:
+    """The face-repair example's input picture in `folder` (made once)."""
+    path = Path(folder) / PAIR_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_png(pair_picture(face_tiles(sample_photo()))))
+    return path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--library", type=Path, help="the character library (default: the configured one)")
+    parser.add_argument("--inputs", type=Path, help="also write the example shot list's input picture here")
     args = parser.parse_args()
     library = args.library or load_settings().character_library
     created = ensure_example_characters(library)
     print(f"example characters in {library}: " + (f"created {', '.join(created)}" if created else "already there"))
+    if args.inputs:
+        print(f"example input picture: {ensure_example_inputs(args.inputs)}")
     return 0
 
 

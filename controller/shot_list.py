@@ -33,7 +33,7 @@ from typing import Awaitable, Callable
 
 from shotline.core.characters import find_characters
 
-from shotline_controller.comfy.presets import PresetError, check_character_slots, find_preset, load_preset
+from shotline_controller.comfy.presets import PresetError, check_character_slots, fill_preset, load_preset
 from shotline_controller.contract import DEFAULT_WORKFLOW, InputError, Shot, ShotList, is_media_ref, parse_shot_list
 from shotline_controller.media.sniff import sniff
 from shotline_controller.parsing import parse_text
@@ -57,19 +57,25 @@ def read_shot_list(path: Path) -> ShotList:
 
 
 def check_presets(shot_list: ShotList) -> None:
-    """Every preset the shots name exists and has a slot for each character they name (PresetError's text
-    names no server path)."""
+    """Every preset the shots name exists and has a node for every field they set and a slot for each character
+    they name (PresetError's text names no server path). An API-format preset is filled once per distinct set of
+    fields, as a dry run; an editor-format one is checked by its titles when it is converted, before it runs."""
     presets: dict[str, dict] = {}
+    tried: set[tuple] = set()
     for index, shot in enumerate(shot_list.shots):
         workflow = shot.workflow or DEFAULT_WORKFLOW
         try:
             if workflow not in presets:
-                find_preset(workflow)
-                presets[workflow] = load_preset(workflow) if shot.characters else {}
+                presets[workflow] = load_preset(workflow)
+            graph = presets[workflow]
             if shot.characters:
-                if not presets[workflow]:
-                    presets[workflow] = load_preset(workflow)
-                check_character_slots(workflow, presets[workflow], len(shot.characters))
+                check_character_slots(workflow, graph, len(shot.characters))
+            shape = (workflow, tuple(name for name, value in shot if value is not None), len(shot.characters or ()))
+            if shape not in tried and all("class_type" in node for node in graph.values()):
+                queued = Shot.from_input(shot, image="sha256:" + "0" * 64 if shot.image else None)
+                fill_preset(graph, queued, checkpoint="checkpoint", filename_prefix="check",
+                            image_name="check.png" if shot.image else None)
+            tried.add(shape)
         except PresetError as error:
             raise InputError(f"shots[{index}].workflow", str(error)) from None
 

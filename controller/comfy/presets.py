@@ -18,8 +18,10 @@ and `api/NAME.json` in API format (what the controller queues). Folders in SHOTL
     Character Prompt  text, negative,          prompt, negative,
                       character_weight           character_weight
     Character LoRAs   strength_scale           lora_scale
-    Face Refine       seed, max_cycles,        seed, refine_cycles,
-                      denoise, target            refine_denoise, identity_threshold
+    Face Refine       seed, steps, max_cycles, seed, steps, refine_cycles,
+                      denoise, target,           refine_denoise, identity_threshold,
+                      guide_size, negative       refine_size, negative
+    Face Repair       face_prompt + the above  prompt + the above (a preset that repairs an Input Image)
     Quality           min_side                 min_side
     Identity Check    threshold                identity_threshold
     Shot Verdict      identity_pass            identity_threshold
@@ -63,14 +65,18 @@ SHOT_INPUTS: dict[str, dict[str, str | None]] = {
     "Input Image": {"image": "image"},  # the shot's image, uploaded to the server that runs the shot
     "Character Prompt": {"text": "prompt", "negative": "negative", "character_weight": "character_weight"},
     "Character LoRAs": {"strength_scale": "lora_scale"},
-    "Face Refine": {"seed": "seed", "max_cycles": "refine_cycles", "denoise": "refine_denoise",
-                    "target": "identity_threshold"},
+    "Face Refine": {"seed": "seed", "steps": "steps", "max_cycles": "refine_cycles", "denoise": "refine_denoise",
+                    "target": "identity_threshold", "guide_size": "refine_size", "negative": "negative"},
+    # a Face Refine that repairs an existing image (shot_face_repair): the shot's prompt is the face prompt
+    "Face Repair": {"face_prompt": "prompt", "negative": "negative", "seed": "seed", "steps": "steps",
+                    "max_cycles": "refine_cycles", "denoise": "refine_denoise", "target": "identity_threshold",
+                    "guide_size": "refine_size"},
     "Quality": {"min_side": "min_side"},
     "Identity Check": {"threshold": "identity_threshold"},
     "Shot Verdict": {"identity_pass": "identity_threshold"},
 }
-REQUIRED_TITLES = ("Sampler", "Save")
-PROMPT_TITLES = ("Prompt", "Character Prompt")  # a preset needs one of them
+REQUIRED_TITLES = ("Save",)
+PROMPT_TITLES = ("Prompt", "Character Prompt", "Face Repair")  # a preset needs one of them
 MAX_CHARACTER_SLOTS = 4
 
 

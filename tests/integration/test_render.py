@@ -242,7 +242,7 @@ def test_a_character_shot_climbs_the_identity_ladder_and_records_every_score(com
                       env={"DATABASE_URL": database_url, "SHOTLINE_CHARACTER_LIBRARY": str(comfy_server.characters_dir)})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "c01 (example_a): rejected after 3 attempt(s)" in result.stdout
-    assert "rung 2 LoRAs + refine" in result.stdout and "no identity check can pass" in result.stdout, result.stdout
+    assert "rung 2 LoRAs + refine" in result.stdout and "cannot match a character" in result.stdout, result.stdout
     db = recorded(database_url)
     attempts = db["attempts"]
     assert [a["attempt_no"] for a in attempts] == [1, 2, 3]
@@ -270,3 +270,29 @@ def test_an_unknown_character_names_the_field(comfy_server, tmp_path):
     assert result.returncode == 2
     assert "shots[0].characters[0]: no character 'nobody' in the library" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_face_repair_shot_refines_each_face_with_its_own_character(comfy, comfy_server, database_url, tmp_path):
+    """The example's face-repair shot: a real picture of both example characters; every face is re-sampled with its
+    own character's prompt and re-scored, the random checkpoint's samples lose the face, so the input is kept and
+    both characters pass the identity check."""
+    from shotline_controller.example_characters import ensure_example_characters, ensure_example_inputs
+    ensure_example_characters(comfy_server.characters_dir)
+    ensure_example_inputs(tmp_path)
+    one = {"shots": [{"id": "r01", "workflow": "shot_face_repair", "image": "example_pair.png", "size": "520x200",
+                      "characters": ["example_a", "example_b"], "prompt": "detailed face", "steps": 1,
+                      "refine_size": 128, "refine_cycles": 2, "min_side": 128}]}
+    result = shotline("render", write_list(tmp_path / "one.yaml", one), "--comfy", comfy.url, "--max-attempts", "1",
+                      env={"DATABASE_URL": database_url, "SHOTLINE_CHARACTER_LIBRARY": str(comfy_server.characters_dir)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    db = recorded(database_url)
+    verdicts = {v["check_name"]: v["details"] for v in db["verdicts"]}
+    faces = verdicts["face_refine"]["faces"]
+    assert [face["character"] for face in faces] == ["Example A", "Example B"]
+    assert "example a" in faces[0]["prompt"] and "example b" in faces[1]["prompt"]  # each its own design prompt
+    for face in faces:
+        assert face["cycles"] and all(c["seed"] is not None for c in face["cycles"])
+        assert face["score_out"] >= face["score_in"] > 0.75
+    assert verdicts["identity"]["passed"] and set(verdicts["identity"]["characters"]) == {"Example A", "Example B"}
+    assert db["shots"][0]["status"] in ("approved", "needs_review")
+    assert db["attempts"][0]["inputs"]["Face Repair.face_prompt"] == "detailed face"

@@ -100,3 +100,13 @@ def test_more_characters_than_slots_is_refused_naming_the_slots():
                     filename_prefix="p")
     with pytest.raises(PresetError, match="has 0 character slots"):
         fill_preset(load_preset("shot_txt2img"), shot(characters=["a"]), checkpoint="m", filename_prefix="p")
+
+
+def test_a_shot_list_is_checked_against_its_presets_before_anything_is_queued():
+    from shotline_controller.contract import InputError
+    from shotline_controller.shot_list import check_presets
+    check_presets(parse_shot_list([{"id": "a", "prompt": "x", "workflow": "shot_character", "characters": ["aiko"],
+                                    "refine_size": 256, "identity_threshold": 0.7}]))
+    with pytest.raises(InputError) as refused:  # shot_txt2img has no Face Refine for refine_cycles
+        check_presets(parse_shot_list([{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y", "refine_cycles": 4}]))
+    assert refused.value.field == "shots[1].workflow" and "'Face Refine' or 'Face Repair'" in refused.value.message
