@@ -69,7 +69,7 @@ def refine_graph(checkpoint: str, image_name: str, *characters: str, target: flo
 def run_refine(comfy, comfy_server, graph) -> tuple[dict, np.ndarray]:
     entry = comfy.run(graph, timeout=300)
     assert entry["status"]["status_str"] == "success", entry["status"]
-    outputs = entry["outputs"]
+    outputs = run_refine.last_outputs = entry["outputs"]  # for a test that checks another node of the graph
     [record] = outputs["refine"]["shotline_refine"]
     assert outputs["refine"]["text"] == [record["summary"]]
     assert "shotline_verdict" not in outputs["refine"]   # a refine record is no check verdict
@@ -118,11 +118,17 @@ def test_another_persons_gallery_records_the_low_score_and_still_never_lowers_it
                                                                                 refine_characters):
     # a third person, judged against Rita's gallery
     image = save_input(comfy_server, "stranger.png", group_picture(refine_characters[2]))
-    record, _ = run_refine(comfy, comfy_server, refine_graph(checkpoint, image, "refine_rita", target=0.75))
+    graph = refine_graph(checkpoint, image, "refine_rita", target=0.75)
+    graph["check"] = {"class_type": "ShotlineIdentityCheck", "inputs": {  # the repaired image, checked after
+        "image": ["refine", 0], "gallery": ["g_refine_rita", 0], "threshold": 0.75, "allow_extra_faces": False,
+        "min_pass_share": 1.0}}
+    record, _ = run_refine(comfy, comfy_server, graph)
     [face] = record["faces"]
     assert face["character"] == "Rita" and face["score_in"] < 0.5
     assert len(face["cycles"]) == CYCLES and face["score_out"] >= face["score_in"]
-    assert "lowest IDR" in record["summary"]
+    assert "lowest IDR" in record["summary"] and not record["passed"]
+    [verdict] = run_refine.last_outputs["check"]["shotline_verdict"]
+    assert not verdict["passed"] and any(reason.startswith("frame 0: low identity: Rita") for reason in verdict["reasons"])
 
 
 def test_two_faces_get_their_own_characters_prompts(comfy, comfy_server, checkpoint, refine_characters):
