@@ -70,11 +70,12 @@ def check_presets(shot_list: ShotList) -> None:
             graph = presets[workflow]
             if shot.characters:
                 check_character_slots(workflow, graph, len(shot.characters))
-            shape = (workflow, tuple(name for name, value in shot if value is not None), len(shot.characters or ()))
+            # the image is left out: where it may come from is checked with the media (shots[i].image)
+            shape = (workflow, tuple(name for name, value in shot if value is not None and name != "image"),
+                     len(shot.characters or ()))
             if shape not in tried and all("class_type" in node for node in graph.values()):
-                queued = Shot.from_input(shot, image="sha256:" + "0" * 64 if shot.image else None)
-                fill_preset(graph, queued, checkpoint="checkpoint", filename_prefix="check",
-                            image_name="check.png" if shot.image else None)
+                fill_preset(graph, Shot.from_input(shot.model_copy(update={"image": None})), checkpoint="checkpoint",
+                            filename_prefix="check")
             tried.add(shape)
         except PresetError as error:
             raise InputError(f"shots[{index}].workflow", str(error)) from None

@@ -806,7 +806,7 @@ def big_yaml_shot_list(shots: int = 10_000) -> bytes:
                   "    negative: blurry, lowres, extra fingers", f"    seed: {i}", "    size: [512, 768]",
                   "    steps: 20", "    cfg: 6.5", f"    scene: sc{i % 50:02d}", "    duration: 2.5",
                   "    checkpoint: sd15/model.safetensors", "    dialogue: Where is she? I thought she was here.",
-                  "    workflow: shot_txt2img"]
+                  "    workflow: shot_video_dialogue"]
     return ("\n".join(lines) + "\n").encode()
 
 
