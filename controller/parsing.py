@@ -19,6 +19,7 @@ import asyncio
 import json
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import yaml
 
@@ -102,5 +103,10 @@ async def parse_off_loop(data: bytes | str, as_yaml: bool, field: str = "body"):
     if len(data) <= INLINE_BYTES:
         return parse_text(data, as_yaml, field)
     if as_yaml:
-        return await asyncio.get_running_loop().run_in_executor(_yaml_process(), parse_yaml, data, field)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(_yaml_process(), parse_yaml, data, field)
+        except BrokenProcessPool:  # the worker died (killed for memory?): a new one, once
+            stop_yaml_process()
+            return await loop.run_in_executor(_yaml_process(), parse_yaml, data, field)
     return await asyncio.to_thread(parse_text, data, as_yaml, field)

@@ -31,7 +31,7 @@ import asyncio
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from shotline.core.characters import find_characters
+from shotline.core.characters import CharacterSheetError, find_characters, load_character
 
 from shotline_controller.comfy.presets import PresetError, check_character_slots, fill_preset, load_preset
 from shotline_controller.contract import DEFAULT_WORKFLOW, InputError, Shot, ShotList, is_media_ref, parse_shot_list
@@ -82,8 +82,9 @@ def check_presets(shot_list: ShotList) -> None:
 
 
 def check_characters(shot_list: ShotList, library: Path | None) -> None:
-    """Every character the shots name is a folder of the character library (with a character.yaml)."""
-    known = None
+    """Every character the shots name is a folder of the character library with a valid sheet and at least one
+    reference image (the library this controller reads: SHOTLINE_CHARACTER_LIBRARY, else its ComfyUI's)."""
+    known, loaded = None, {}
     for index, shot in enumerate(shot_list.shots):
         for number, name in enumerate(shot.characters or ()):
             if known is None:
@@ -97,6 +98,14 @@ def check_characters(shot_list: ShotList, library: Path | None) -> None:
                 raise InputError(field, f"no character {name!r} in the library (it has: "
                                         f"{', '.join(some) + (' ...' if len(known) > 20 else '') or 'none'}); "
                                         "add one with `shotline character put` or PUT /api/v1/characters/{folder}")
+            if name not in loaded:
+                try:
+                    loaded[name] = load_character(known[name])
+                except (CharacterSheetError, OSError, ValueError) as error:
+                    raise InputError(f"shots[{index}].characters[{number}]", f"character {name!r}: {error}") from None
+            if not loaded[name].references:
+                raise InputError(f"shots[{index}].characters[{number}]",
+                                 f"character {name!r} has no reference images: its identity cannot be checked")
 
 
 async def queued_shots(shot_list: ShotList, media: MediaResolver) -> list[Shot]:

@@ -68,28 +68,45 @@ def _append(text: str, words: str) -> str:
 
 @dataclass(frozen=True)
 class CorrectionContext:
-    """What the shot's preset and characters offer the identity ladder."""
+    """What the shot's preset and characters offer the corrections."""
     has_loras: bool = False          # a character of the shot has LoRAs in its sheet
     has_input_image: bool = False    # the preset has a node titled "Input Image"
+    fields: frozenset | None = None  # the shot fields the preset has a node for (None: any)
+
+
+def _raised(params: dict, field: str, base: float, step: float, cap: float) -> float:
+    """`field` one `step` up from its value (`base` when unset), at most `cap`, never below the value set."""
+    value = params.get(field)
+    current = base if value is None else float(value)
+    return round(max(current, min(cap, current + step)), 2)
+
+
+def _more_faces_than_characters(reasons: list[str]) -> bool:
+    """Whether a face-count reason says there were more faces than characters (not fewer)."""
+    for reason in reasons:
+        match = re.search(r"wrong face count: (\d+) faces? for (\d+) character", reason)
+        if match and int(match[1]) > int(match[2]):
+            return True
+    return any("unexpected face" in reason for reason in reasons)
 
 
 def _identity_rung(params: dict, rung: int, context: CorrectionContext, changes: dict) -> str:
     """Apply identity rung `rung` to `changes`; the rung's description."""
-    if rung >= 3 and context.has_input_image and params.get("characters"):
+    if rung >= 3 and context.has_input_image and params.get("characters") and not params.get("image"):
         changes["reference_image_of"] = params["characters"][0]  # resolved to an upload by the dispatcher
         return f"rung 3 {IDENTITY_RUNGS[3]}: image-to-image from {params['characters'][0]}'s reference"
     if rung >= 2:
         parts = []
         if context.has_loras:
-            changes["lora_scale"] = round(min(MAX_LORA_SCALE, float(params.get("lora_scale") or 1.0) + LORA_STEP), 2)
+            changes["lora_scale"] = _raised(params, "lora_scale", 1.0, LORA_STEP, MAX_LORA_SCALE)
             parts.append(f"LoRA scale {changes['lora_scale']:g}")
-        changes["refine_cycles"] = min(MAX_REFINE_CYCLES, int(params.get("refine_cycles") or BASE_REFINE_CYCLES)
-                                       + REFINE_CYCLES_STEP)
-        changes["refine_denoise"] = round(min(MAX_REFINE_DENOISE, float(params.get("refine_denoise")
-                                                                        or BASE_REFINE_DENOISE) + REFINE_DENOISE_STEP), 2)
+        changes["refine_cycles"] = int(_raised(params, "refine_cycles", BASE_REFINE_CYCLES, REFINE_CYCLES_STEP,
+                                               MAX_REFINE_CYCLES))
+        changes["refine_denoise"] = _raised(params, "refine_denoise", BASE_REFINE_DENOISE, REFINE_DENOISE_STEP,
+                                            MAX_REFINE_DENOISE)
         parts.append(f"refine {changes['refine_cycles']} cycles at denoise {changes['refine_denoise']:g}")
         return f"rung 2 {IDENTITY_RUNGS[2]}: " + ", ".join(parts)
-    changes["character_weight"] = round(min(MAX_WEIGHT, float(params.get("character_weight") or 1.0) + WEIGHT_STEP), 2)
+    changes["character_weight"] = _raised(params, "character_weight", 1.0, WEIGHT_STEP, MAX_WEIGHT)
     return f"rung 1 {IDENTITY_RUNGS[1]}: character weight {changes['character_weight']:g}"
 
 
@@ -124,8 +141,9 @@ def choose_correction(params: dict, verdicts: list[dict], attempt_no: int, previ
             changes["width"] = min(MAX_SIDE, int(round(width * scale / 8)) * 8)
             changes["height"] = min(MAX_SIDE, int(round(height * scale / 8)) * 8)
             why.append("too small")
-    if has("wrong face count", "unexpected face"):
-        changes["prompt"] = _append(changes.get("prompt", params.get("prompt", "")), SOLO)
+    if has("wrong face count", "unexpected face") and _more_faces_than_characters(reasons):
+        if len(params.get("characters") or ()) <= 1:  # "solo" would push a two-character shot to one person
+            changes["prompt"] = _append(changes.get("prompt", params.get("prompt", "")), SOLO)
         changes["negative"] = _append(params.get("negative", ""), CROWD_NEGATIVE)
         why.append("extra people")
     if has("low identity", "missing character", "no face found"):
@@ -143,6 +161,11 @@ def choose_correction(params: dict, verdicts: list[dict], attempt_no: int, previ
         changes["seed"] = (int(params.get("seed") or 0) + SEED_STEP * attempt_no) % (2**63)
         if not why:
             why.append(reasons[0].split(":")[0] if reasons else "rejected")
+    if context.fields is not None:  # a change no node of the preset takes would fail the next attempt's build
+        skipped = sorted(field for field in changes if field not in context.fields and field != "reference_image_of")
+        changes = {field: value for field, value in changes.items() if field not in skipped}
+        if skipped:
+            why.append(f"(the preset takes no {', '.join(skipped)})")
     correction = {"changes": changes, "reason": ", ".join(why)}
     if rung:
         correction["identity_rung"] = rung

@@ -18,7 +18,8 @@ and `api/NAME.json` in API format (what the controller queues). Folders in SHOTL
     Character Prompt  text, negative,          prompt, negative,
                       character_weight           character_weight
     Character LoRAs   strength_scale           lora_scale
-    Face Refine       seed, steps, max_cycles, seed, steps, refine_cycles,
+    Face Refine       seed, steps, cfg,        seed, steps, cfg,
+                      max_cycles,                refine_cycles,
                       denoise, target,           refine_denoise, identity_threshold,
                       guide_size, negative       refine_size, negative
     Face Repair       face_prompt + the above  prompt + the above (a preset that repairs an Input Image)
@@ -31,7 +32,9 @@ shot needs fails before anything is queued, naming the title.
 
 Character slots: a preset holds "Character 1" ... "Character N" (N <= 4); a shot naming fewer characters runs
 with the slots it does not use taken out, with every node that only they feed (their Character Gallery), and
-the links from them into optional inputs (a prompt's `character_3`, a check's `gallery_3`) dropped.
+every link from them into the nodes that stay dropped: wire them into optional inputs (a prompt's
+`character_3`, a check's `gallery_3`), as the presets do; a dropped required input is refused by ComfyUI. A shot
+naming no characters keeps the preset's own.
 """
 from __future__ import annotations
 
@@ -65,10 +68,11 @@ SHOT_INPUTS: dict[str, dict[str, str | None]] = {
     "Input Image": {"image": "image"},  # the shot's image, uploaded to the server that runs the shot
     "Character Prompt": {"text": "prompt", "negative": "negative", "character_weight": "character_weight"},
     "Character LoRAs": {"strength_scale": "lora_scale"},
-    "Face Refine": {"seed": "seed", "steps": "steps", "max_cycles": "refine_cycles", "denoise": "refine_denoise",
-                    "target": "identity_threshold", "guide_size": "refine_size", "negative": "negative"},
+    "Face Refine": {"seed": "seed", "steps": "steps", "cfg": "cfg", "max_cycles": "refine_cycles",
+                    "denoise": "refine_denoise", "target": "identity_threshold", "guide_size": "refine_size",
+                    "negative": "negative"},
     # a Face Refine that repairs an existing image (shot_face_repair): the shot's prompt is the face prompt
-    "Face Repair": {"face_prompt": "prompt", "negative": "negative", "seed": "seed", "steps": "steps",
+    "Face Repair": {"face_prompt": "prompt", "negative": "negative", "seed": "seed", "steps": "steps", "cfg": "cfg",
                     "max_cycles": "refine_cycles", "denoise": "refine_denoise", "target": "identity_threshold",
                     "guide_size": "refine_size"},
     "Quality": {"min_side": "min_side"},
@@ -157,6 +161,13 @@ def check_character_slots(name: str, graph: dict, characters: int) -> None:
                           "shot_character, or title Load Character nodes 'Character 1', 'Character 2' ...")
 
 
+def accepted_fields(graph: dict) -> frozenset:
+    """The shot fields the preset has a node for (by title), characters included when it has slots."""
+    fields = {field for title, inputs in SHOT_INPUTS.items() if nodes_titled(graph, title)
+              for field in inputs.values() if field}
+    return frozenset(fields | ({"characters"} if character_slots(graph) else set()))
+
+
 def _is_link(value) -> bool:
     return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
 
@@ -190,7 +201,9 @@ def fill_preset(graph: dict, shot: Shot, checkpoint: str | None, filename_prefix
     """
     characters = shot.characters or []
     check_character_slots(shot.workflow, graph, len(characters))
-    graph = without_unused_slots(copy.deepcopy(graph), len(characters))
+    graph = copy.deepcopy(graph)
+    if characters:  # a shot naming none keeps the preset's own characters
+        graph = without_unused_slots(graph, len(characters))
     values = {**shot.as_dict(), "checkpoint": checkpoint, "image": image_name}
     filled = {}
     for number, character in enumerate(characters, start=1):

@@ -161,6 +161,7 @@ scores AS (
     SELECT r.id, r.attempt_id, ch.key, (ch.value->>'score')::float8, (ch.value->>'threshold')::float8,
            coalesce((ch.value->>'passed')::boolean, false), ch.value
     FROM verdict_rows r, jsonb_each(CASE WHEN jsonb_typeof(r.details->'characters') = 'object'
+                                              AND r.details->>'check' = 'identity'
                                          THEN r.details->'characters' ELSE '{{}}' END) AS ch),
 moved AS (
     UPDATE shots s SET status = %(shot_status)s, updated_at = now(),

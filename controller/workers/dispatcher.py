@@ -37,7 +37,14 @@ from shotline.core.characters import CharacterSheetError, find_characters, load_
 from shotline.core.gallery_cache import most_typical_reference
 
 from shotline_controller.comfy.corrections import CorrectionContext, choose_correction
-from shotline_controller.comfy.presets import PresetError, fill_preset, find_preset, load_preset, nodes_titled
+from shotline_controller.comfy.presets import (
+    PresetError,
+    accepted_fields,
+    fill_preset,
+    find_preset,
+    load_preset,
+    nodes_titled,
+)
 from shotline_controller.comfy.results import (
     RenderError,
     choose_checkpoint,
@@ -347,15 +354,20 @@ class Dispatcher:
         for name in names:
             try:
                 characters.append(load_character(folders[name]))
-            except (KeyError, CharacterSheetError, OSError) as error:
+            except (KeyError, CharacterSheetError, OSError, ValueError) as error:
                 log.warning("character %s: %s", name, error)
         return characters
 
     async def _correction_context(self, shot: ClaimedShot, backend: ComfyBackend) -> CorrectionContext:
         cached = self._presets.get((shot.workflow, backend.base_url))
-        characters = await asyncio.to_thread(self._characters, shot.params.get("characters"))
+        try:
+            characters = await asyncio.to_thread(self._characters, shot.params.get("characters"))
+        except (OSError, ValueError) as error:  # an unreadable library: the ladder goes on without LoRA steps
+            log.warning("%s: cannot read its characters (%s)", shot.shot_key, error)
+            characters = []
         return CorrectionContext(has_loras=any(c.sheet.loras for c in characters),
-                                 has_input_image=bool(cached and nodes_titled(cached[1], "Input Image")))
+                                 has_input_image=bool(cached and nodes_titled(cached[1], "Input Image")),
+                                 fields=accepted_fields(cached[1]) if cached else None)
 
     async def _with_reference_image(self, correction: dict) -> dict:
         """The correction's changes, with `reference_image_of` (identity rung 3) turned into the upload of that
@@ -364,10 +376,14 @@ class Dispatcher:
         name = changes.pop("reference_image_of", None)
         if name is None:
             return changes
-        found = await asyncio.to_thread(self._characters, [name])
-        path = found and await asyncio.to_thread(most_typical_reference, found[0].folder / ".embeddings",
-                                                 found[0].references)
-        data = path and await asyncio.to_thread(path.read_bytes)
+        try:
+            found = await asyncio.to_thread(self._characters, [name])
+            path = found and await asyncio.to_thread(most_typical_reference, found[0].folder / ".embeddings",
+                                                     found[0].references)
+            data = path and await asyncio.to_thread(path.read_bytes)
+        except (OSError, ValueError) as error:
+            log.warning("reference image of %s unreadable: %s", name, error)
+            data = None
         kind = data and sniff(data)
         if not kind or kind.kind != "image":
             correction["step"] += f" (no usable reference image of {name}: the seed changes only)"

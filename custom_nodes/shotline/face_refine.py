@@ -155,7 +155,7 @@ class FaceRefine(io.ComfyNode):
             "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler_name, "scheduler": scheduler,
             "denoise": denoise, "crop_factor": crop_factor, "guide_size": guide_size, "feather": feather,
             "max_cycles": max_cycles, "targets": targets})
-        output = torch.stack(frames).to(image.dtype)
+        output = torch.stack(frames).to(image.dtype) if frames else image  # an empty batch stays empty
         # the check nodes' preview (faces boxed, a caption); the record is no check verdict, so it goes under a
         # key of its own rather than the verdicts' key the controller collects
         shown = verdict_ui(output, record, cls, faces_from=preview_faces(histories, int(image.shape[0])))

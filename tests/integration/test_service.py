@@ -258,7 +258,12 @@ def test_malformed_batches_name_the_field_and_queue_nothing(database_url, tmp_pa
 def test_a_character_shot_is_queued_with_its_characters(database_url, tmp_path):
     from shotline.core.characters import parse_sheet, write_character
     library = tmp_path / "library"
-    write_character(library, "aiko", parse_sheet({"name": "Aiko", "design_prompt": "silver bob"}), {})
+    import cv2
+    import numpy as np
+    front = cv2.imencode(".png", np.full((64, 64, 3), 128, np.uint8))[1].tobytes()
+    write_character(library, "aiko", parse_sheet({"name": "Aiko", "design_prompt": "silver bob"}),
+                    {"front.png": front})
+    write_character(library, "bare", parse_sheet({"name": "Bare", "design_prompt": "no references yet"}), {})
     settings = Settings(state_dir=tmp_path / "state", comfyui_dir=None, comfyui_python=None, extra_model_paths=None,
                         database_url=database_url, character_library_root=library)
 
@@ -267,13 +272,17 @@ def test_a_character_shot_is_queued_with_its_characters(database_url, tmp_path):
                                        "characters": ["aiko"], "identity_threshold": 0.6}])
         refused = await client.post("/api/v1/batches", json={"shots": [
             {"id": "c1", "prompt": "x", "workflow": "shot_character", "characters": ["aiko", "ren"]}]}, headers=AUTH)
-        return batch, await sql(pool, "SELECT params FROM shots"), refused.status, await refused.json()
+        bare = await client.post("/api/v1/batches", json={"shots": [
+            {"id": "c2", "prompt": "x", "workflow": "shot_character", "characters": ["bare"]}]}, headers=AUTH)
+        return (batch, await sql(pool, "SELECT params FROM shots"), refused.status, await refused.json(),
+                bare.status, await bare.json())
 
-    batch, rows, status, refusal = run_service(database_url, tmp_path, work, settings=settings)
+    batch, rows, status, refusal, bare_status, bare = run_service(database_url, tmp_path, work, settings=settings)
+    assert (bare_status, bare["field"]) == (400, "shots[0].characters[0]") and "no reference images" in bare["error"]
     assert len(batch["shot_ids"]) == 1
     assert rows[0][0]["characters"] == ["aiko"] and rows[0][0]["identity_threshold"] == 0.6
     assert (status, refusal["field"]) == (400, "shots[0].characters[1]")
-    assert "no character 'ren' in the library (it has: aiko)" in refusal["error"]
+    assert "no character 'ren' in the library (it has: aiko, bare)" in refusal["error"]
 
 
 def test_unreadable_bodies_and_paths(database_url, tmp_path):

@@ -76,3 +76,32 @@ def test_identity_failures_of_a_character_shot_climb_the_ladder():
 def test_identity_failure_without_characters_still_weights_the_prompt():
     changes = choose_correction(PARAMS, [verdict("frame 0: no face found", check="identity")], 1)["changes"]
     assert changes["prompt"] == "(a girl on a rooftop:1.15)"
+
+
+def test_the_ladder_never_lowers_what_the_user_set_and_keeps_to_the_presets_fields():
+    from shotline_controller.comfy.corrections import CorrectionContext
+    low = [verdict("frame 0: low identity: aiko 0.41 < 0.75", check="identity")]
+    params = {**PARAMS, "characters": ["aiko"], "lora_scale": 3.0, "refine_denoise": 0.9, "refine_cycles": 10}
+    second = choose_correction(params, low, 2, {"identity_rung": 1}, CorrectionContext(has_loras=True))["changes"]
+    assert (second["lora_scale"], second["refine_denoise"], second["refine_cycles"]) == (3.0, 0.9, 10)
+    off = choose_correction({**params, "lora_scale": 0.0}, low, 2, {"identity_rung": 1},
+                            CorrectionContext(has_loras=True))["changes"]
+    assert off["lora_scale"] == 0.2  # 0 is a value (LoRAs off), not "unset"
+    # a face-repair preset has no Character Prompt: rung 1 changes only what it takes
+    repair = choose_correction({**PARAMS, "characters": ["aiko"]}, low, 1, None,
+                               CorrectionContext(fields=frozenset({"seed", "prompt", "refine_cycles"})))
+    assert set(repair["changes"]) == {"seed"} and "(the preset takes no character_weight)" in repair["reason"]
+    # rung 3 never replaces a picture the shot brought (a repair)
+    third = choose_correction({**PARAMS, "characters": ["aiko"], "image": "sha256:" + "a" * 64}, low, 3,
+                              {"identity_rung": 2}, CorrectionContext(has_input_image=True))
+    assert "reference_image_of" not in third["changes"]
+
+
+def test_too_few_faces_is_not_treated_as_a_crowd():
+    two = {**PARAMS, "characters": ["aiko", "kairo"]}
+    few = choose_correction(two, [verdict("frame 0: wrong face count: 1 face for 2 characters", check="identity")], 1)
+    assert "negative" not in few["changes"] and "solo" not in few["changes"].get("prompt", "")
+    many = choose_correction(two, [verdict("frame 0: wrong face count: 3 faces for 2 characters",
+                                           check="identity")], 1)["changes"]
+    assert CROWD_NEGATIVE in many["negative"] and "solo" not in many.get("prompt", "")
+    assert "solo" in choose_correction(PARAMS, [verdict("frame 0: unexpected face(s): 1")], 1)["changes"]["prompt"]

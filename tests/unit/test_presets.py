@@ -110,3 +110,9 @@ def test_a_shot_list_is_checked_against_its_presets_before_anything_is_queued():
     with pytest.raises(InputError) as refused:  # shot_txt2img has no Face Refine for refine_cycles
         check_presets(parse_shot_list([{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y", "refine_cycles": 4}]))
     assert refused.value.field == "shots[1].workflow" and "'Face Refine' or 'Face Repair'" in refused.value.message
+
+
+def test_a_shot_naming_no_characters_keeps_the_presets_own():
+    graph, filled = fill_preset(character_graph(), shot(), checkpoint="m.safetensors", filename_prefix="p")
+    assert {"1", "2", "3", "4"} <= set(graph) and graph["1"]["inputs"]["character"] == "default"
+    assert not any(key.startswith("Character 1") for key in filled)

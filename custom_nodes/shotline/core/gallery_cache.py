@@ -108,12 +108,13 @@ def reference_embedder(detector, embedder) -> Callable[[Path], np.ndarray | None
 
 def most_typical_reference(folder, references) -> Path | None:
     """The reference whose cached embedding is closest to the mean of its character's (any backend a Character
-    Gallery has cached, the first by name); the first reference when nothing is cached; None without references.
+    Gallery has cached, the first by name); else the first reference not cached as faceless; None without one.
     What an identity correction starts image-to-image from."""
     references = [Path(path) for path in references]
     if not references:
         return None
     cache = Path(folder)
+    faceless: set[Path] = set()
     for backend in sorted(path for path in cache.glob("*/") if path.is_dir()) if cache.is_dir() else ():
         vectors = {}
         for path in references:
@@ -125,7 +126,9 @@ def most_typical_reference(folder, references) -> Path | None:
                     continue
                 if vector.size:
                     vectors[path] = vector / max(float(np.linalg.norm(vector)), 1e-12)
+                else:
+                    faceless.add(path)
         if vectors:
             centre = np.mean(list(vectors.values()), axis=0)
             return max(vectors, key=lambda path: float(vectors[path] @ centre))
-    return references[0]
+    return next((path for path in references if path not in faceless), None)
