@@ -1,7 +1,7 @@
 """Corrections: what the next attempt of a rejected shot changes, chosen from why it was rejected.
 
     reason in the verdict                 correction
-    blurry                                more steps (x1.5, at least +8, at most 80)
+    blurry, noisy                         more steps (x1.5, at least +8, at most 80)
     low contrast                          higher cfg (+1.5, at most 15)
     under- / overexposed                  a new seed, and "balanced exposure" in the prompt
     too small                             size scaled up to the checks' minimum side (multiple of 8, at most 2048)
@@ -122,10 +122,10 @@ def choose_correction(params: dict, verdicts: list[dict], attempt_no: int, previ
     why: list[str] = []
     new_seed = False
 
-    if has("blurry"):
+    if has("blurry", "noisy"):  # an under-sampled frame is noisy or soft: more steps for either
         steps = int(params.get("steps") or 20)
         changes["steps"] = min(MAX_STEPS, max(steps + 8, round(steps * 1.5)))
-        why.append("blurry")
+        why.extend(word for word in ("blurry", "noisy") if has(word))
     if has("low contrast"):
         changes["cfg"] = min(MAX_CFG, float(params.get("cfg") or 7.0) + 1.5)
         why.append("low contrast")

@@ -15,7 +15,8 @@ class ShotQualityScore(io.ComfyNode):
             node_id="ShotQualityScore",
             display_name="Shot Quality Score",
             category="Shotline/checks",
-            description="Scores each image of the batch for sharpness, contrast, exposure clipping and resolution. "
+            description="Scores each image of the batch for sharpness, contrast, exposure clipping, noise and "
+                        "resolution. "
                         "A failing image gives a verdict with reasons; the node never stops the graph.",
             is_output_node=True,
             inputs=[
@@ -29,13 +30,17 @@ class ShotQualityScore(io.ComfyNode):
                                tooltip="Largest share of pixels crushed to black, or blown to white, allowed."),
                 io.Int.Input("min_side", default=DEFAULTS.min_side, min=1, max=16384, step=8,
                              tooltip="Shortest side in pixels an image must have."),
+                io.Float.Input("max_noise", default=DEFAULTS.max_noise, min=0.1, max=255.0, step=0.5, optional=True,
+                               tooltip="Largest noise σ (0-255 grey levels, Immerkær's estimate) allowed: noise "
+                                       "raises the sharpness measure, so it is checked on its own."),
             ],
             outputs=check_outputs(score_tooltip="0..1; the worst image's score for a batch."),
         )
 
     @classmethod
-    def execute(cls, image, min_sharpness, min_contrast, max_clipped, min_side) -> io.NodeOutput:
-        thresholds = QualityThresholds(min_sharpness, min_contrast, max_clipped, min_side)
+    def execute(cls, image, min_sharpness, min_contrast, max_clipped, min_side,
+                max_noise=DEFAULTS.max_noise) -> io.NodeOutput:
+        thresholds = QualityThresholds(min_sharpness, min_contrast, max_clipped, min_side, max_noise)
         progress = comfy.utils.ProgressBar(image.shape[0])
         verdict = assess_batch(image.cpu().numpy(), thresholds, on_image=lambda: progress.update(1))
         return verdict_output(image, verdict, cls=cls)

@@ -105,3 +105,8 @@ def test_too_few_faces_is_not_treated_as_a_crowd():
                                            check="identity")], 1)["changes"]
     assert CROWD_NEGATIVE in many["negative"] and "solo" not in many.get("prompt", "")
     assert "solo" in choose_correction(PARAMS, [verdict("frame 0: unexpected face(s): 1")], 1)["changes"]["prompt"]
+
+
+def test_noise_gets_more_steps_as_blur_does():
+    correction = choose_correction(PARAMS, [verdict("image 0: noisy: noise 11.2 > 7 levels")], 1)
+    assert correction == {"changes": {"steps": 30}, "reason": "noisy"}

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from shotline.core.image_quality import QualityThresholds, assess_batch, assess_image
-from tests.images import blurred, comfy_example_image
+from tests.images import blurred, comfy_example_image, template_image
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +91,24 @@ def test_nan_pixels_fail_with_a_reason_and_score_zero(example):
     assert result.score == 0.0 and not result.passed
     assert result.reasons[0].startswith("invalid pixels: 50.0%")
     assert np.isfinite(result.sharpness) and np.isfinite(result.contrast)
+
+
+def test_noise_is_flagged_on_its_own_though_it_raises_sharpness():
+    example = template_image("flux1_krea_dev-1")  # a smooth generated picture: noise 0.5 clean
+    clean = assess_image(example)
+    assert clean.noise < 7.0 and not any(r.startswith("noisy") for r in clean.reasons)
+    rng = np.random.default_rng(1)
+    noisy_image = np.clip(example + rng.normal(0, 12 / 255, example.shape).astype(np.float32), 0, 1)
+    noisy = assess_image(noisy_image)
+    assert noisy.sharpness > clean.sharpness  # what made noise pass as detail
+    assert 10.0 < noisy.noise < 16.0 and any(r.startswith("noisy: noise") for r in noisy.reasons)
+    assert noisy.scores["noise"] < 0.5 <= clean.scores["noise"]
+
+
+def test_a_blown_colour_channel_is_overexposure_even_where_luma_is_not(example):
+    image = example.copy()
+    image[: int(image.shape[0] * 0.61), :, :2] = 1.0    # 61 % of the frame washed out to yellow
+    result = assess_image(image)
+    assert result.clipped_highlights >= 0.6
+    assert any(r.startswith("overexposed") for r in result.reasons)
+    assert not any(r.startswith("overexposed") for r in assess_image(example).reasons)
