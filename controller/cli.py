@@ -168,12 +168,18 @@ def character_story(shot: dict) -> list[str]:
             elif check == "shot":
                 lines.append(f"    verdict: {verdict.get('band')} {verdict.get('score', 0):.2f}: "
                              + "; ".join(verdict.get("reasons", [])[:3]))
-    if any(is_random_checkpoint((attempt["inputs"] or {}).get("Checkpoint.ckpt_name")) for attempt in shot["attempts"]):
-        lines.append("  The random test checkpoint draws noise, not faces: a face it generates or re-samples cannot "
-                     "match a character (Face Refine then keeps the input's face). With a real checkpoint in "
-                     "ComfyUI's models/checkpoints, delete the example's size, steps and min_side, and give your "
-                     "characters real references (shotline character put).")
     return lines
+
+
+def used_random_checkpoint(shot: dict) -> bool:
+    return any(is_random_checkpoint((attempt["inputs"] or {}).get("Checkpoint.ckpt_name")) for attempt in shot["attempts"])
+
+
+RANDOM_CHECKPOINT_NOTE = ("The random test checkpoint draws noise, not faces: a face it generates or re-samples cannot "
+                          "match a character (Face Refine then keeps the input's face). With a real checkpoint in "
+                          "ComfyUI's models/checkpoints, delete the example's size, steps and min_side, and give your "
+                          "characters real references (shotline character put).")
+MAX_STORIES = 10  # character shots told attempt by attempt after a render; the rest are in `shotline status`
 
 
 def print_table(headers, table: list[list[str]]) -> None:
@@ -229,10 +235,15 @@ async def render_command(args) -> int:
                 return batch["finished"]
             await workers.run(stop=asyncio.Event(), until=finished)
         rows = await store.batch_shots(batch_id)
-        stories = [await store.shot(row["id"]) for row in rows if row["params"].get("characters")]
+        character_rows = [row for row in rows if row["params"].get("characters")]
+        stories = [await store.shot(row["id"]) for row in character_rows[:MAX_STORIES]]
     print(f"\nbatch {batch_id}: {len(shots)} shots in {time.monotonic() - started:.1f} s")
     for story in stories:
         print("\n".join(character_story(story)))
+    if len(character_rows) > MAX_STORIES:
+        print(f"({len(character_rows) - MAX_STORIES} more character shots: see shotline status or the API)")
+    if any(used_random_checkpoint(story) for story in stories):
+        print(RANDOM_CHECKPOINT_NOTE)
     print_summary(rows)
     return 1 if any(row["status"] == "failed" for row in rows) else 0
 

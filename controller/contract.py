@@ -174,7 +174,20 @@ Dialogue = Annotated[RequiredText, Field(max_length=MAX_DIALOGUE),
 
 # --- shots -----------------------------------------------------------------------------------------------------
 
-class ShotDefaults(Strict):
+class CharacterFields(Strict):
+    """The character loop's shot fields, the same in a shot as written and as queued (the corrections move them)."""
+    characters: CharacterNames | None = None
+    identity_threshold: Annotated[Threshold, Field(description="the IDR every character needs in this shot (a "
+                                                               "character sheet's own threshold still wins)")] | None = None
+    character_weight: CharacterWeight | None = None
+    lora_scale: LoraScale | None = None
+    refine_cycles: RefineCycles | None = None
+    refine_denoise: RefineDenoise | None = None
+    refine_size: RefineSize | None = None
+    min_side: MinSide | None = None
+
+
+class ShotDefaults(CharacterFields):
     """Shot fields a shot list sets once for every shot (a shot's own value wins)."""
     workflow: PresetName | None = None
     prompt: RequiredText | None = None
@@ -190,15 +203,6 @@ class ShotDefaults(Strict):
     frames: Frames | None = None
     fps: Fps | None = None
     dialogue: Dialogue | None = None
-    characters: CharacterNames | None = None
-    identity_threshold: Annotated[Threshold, Field(description="the IDR every character needs in this shot (a "
-                                                               "character sheet's own threshold still wins)")] | None = None
-    character_weight: CharacterWeight | None = None
-    lora_scale: LoraScale | None = None
-    refine_cycles: RefineCycles | None = None
-    refine_denoise: RefineDenoise | None = None
-    refine_size: RefineSize | None = None
-    min_side: MinSide | None = None
 
 
 class ShotInput(ShotDefaults):
@@ -207,7 +211,7 @@ class ShotInput(ShotDefaults):
     prompt: RequiredText
 
 
-class Shot(Strict):
+class Shot(CharacterFields):
     """A shot as it is queued and rendered: defaults applied, the seed fixed, media content-addressed. This is
     the form stored in `shots.params` and validated again before every attempt (with its correction applied)."""
     model_config = ConfigDict(frozen=True)
@@ -227,14 +231,6 @@ class Shot(Strict):
     frames: Frames | None = None
     fps: Fps | None = None
     dialogue: Dialogue | None = None
-    characters: CharacterNames | None = None
-    identity_threshold: Threshold | None = None
-    character_weight: CharacterWeight | None = None
-    lora_scale: LoraScale | None = None
-    refine_cycles: RefineCycles | None = None
-    refine_denoise: RefineDenoise | None = None
-    refine_size: RefineSize | None = None
-    min_side: MinSide | None = None
 
     @classmethod
     def from_input(cls, shot: ShotInput, image: str | None = None) -> "Shot":

@@ -31,7 +31,7 @@ import asyncio
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from shotline.core.characters import CharacterSheetError, find_characters, load_character
+from shotline.core.characters import SHEET_FILE, CharacterSheetError, find_characters, load_character
 
 from shotline_controller.comfy.presets import PresetError, check_character_slots, fill_preset, load_preset
 from shotline_controller.contract import DEFAULT_WORKFLOW, InputError, Shot, ShotList, is_media_ref, parse_shot_list
@@ -81,6 +81,10 @@ def check_presets(shot_list: ShotList) -> None:
             raise InputError(f"shots[{index}].workflow", str(error)) from None
 
 
+def field_of(index: int, number: int) -> str:
+    return f"shots[{index}].characters[{number}]"
+
+
 def check_characters(shot_list: ShotList, library: Path | None) -> None:
     """Every character the shots name is a folder of the character library with a valid sheet and at least one
     reference image (the library this controller reads: SHOTLINE_CHARACTER_LIBRARY, else its ComfyUI's)."""
@@ -90,7 +94,7 @@ def check_characters(shot_list: ShotList, library: Path | None) -> None:
             if known is None:
                 known = find_characters([library]) if library is not None else {}
             if name not in known:
-                field = f"shots[{index}].characters[{number}]"
+                field = field_of(index, number)
                 if library is None:
                     raise InputError(field, "this controller has no character library: set "
                                             "SHOTLINE_CHARACTER_LIBRARY")
@@ -101,10 +105,14 @@ def check_characters(shot_list: ShotList, library: Path | None) -> None:
             if name not in loaded:
                 try:
                     loaded[name] = load_character(known[name])
-                except (CharacterSheetError, OSError, ValueError) as error:
-                    raise InputError(f"shots[{index}].characters[{number}]", f"character {name!r}: {error}") from None
+                except CharacterSheetError as error:  # its own field names only: a sheet-level error holds a path
+                    problem = f"{error.field}: {error.message}" if error.field != "sheet" else "not valid YAML"
+                    raise InputError(field_of(index, number), f"character {name!r}: {SHEET_FILE} {problem}") from None
+                except (OSError, ValueError):
+                    raise InputError(field_of(index, number), f"character {name!r}: its {SHEET_FILE} cannot be "
+                                                              "read") from None
             if not loaded[name].references:
-                raise InputError(f"shots[{index}].characters[{number}]",
+                raise InputError(field_of(index, number),
                                  f"character {name!r} has no reference images: its identity cannot be checked")
 
 

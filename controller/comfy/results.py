@@ -66,13 +66,11 @@ def collect_results(history_outputs: dict) -> tuple[list[dict], list[dict]]:
 
 
 def refine_verdict(record: dict) -> dict:
-    """Face Refine's record as a verdict row: its score is the worst refined face's final score (0 when no face
-    of a character was found), passed when every such face reached its target. A repair, not a check: it never
-    decides a shot's status by itself (`shot_status`)."""
-    faces = [face for face in record.get("faces", []) if face.get("character") is not None]
-    finals = [face.get("score_out") or 0.0 for face in faces]
-    passed = bool(faces) and all((face.get("score_out") or 0.0) >= (face.get("target") or 0.0) for face in faces)
-    return {**record, "check": REFINE_CHECK, "score": round(min(finals, default=0.0), 4), "passed": passed}
+    """Face Refine's record as a verdict row, with the node's own score and pass flag; a record with no score (no
+    face of a character was found) scores 0. A repair, not a check: it never decides a shot's status by itself
+    (`shot_status`)."""
+    return {**record, "check": REFINE_CHECK, "score": record.get("score") or 0.0,
+            "passed": bool(record.get("passed"))}
 
 
 BAND_STATUS = {"approve": "approved", "review": "needs_review", "reject": "rejected"}

@@ -34,7 +34,7 @@ from shotline_controller.comfy.client import (
     PromptResult,
 )
 from shotline.core.characters import CharacterSheetError, find_characters, load_character
-from shotline.core.gallery_cache import most_typical_reference
+from shotline.core.gallery_cache import CACHE_FOLDER, most_typical_reference
 
 from shotline_controller.comfy.corrections import CorrectionContext, choose_correction
 from shotline_controller.comfy.presets import (
@@ -378,7 +378,7 @@ class Dispatcher:
             return changes
         try:
             found = await asyncio.to_thread(self._characters, [name])
-            path = found and await asyncio.to_thread(most_typical_reference, found[0].folder / ".embeddings",
+            path = found and await asyncio.to_thread(most_typical_reference, found[0].folder / CACHE_FOLDER,
                                                      found[0].references)
             data = path and await asyncio.to_thread(path.read_bytes)
         except (OSError, ValueError) as error:

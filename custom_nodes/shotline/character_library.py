@@ -65,11 +65,14 @@ def character_inputs(tooltip: str) -> list:
             *(Character.Input(f"character_{number}", optional=True) for number in range(2, 5))]
 
 
-def connected(character, character_2=None, character_3=None, character_4=None) -> list:
-    characters = [c for c in (character, character_2, character_3, character_4) if c is not None]
-    names = [c.name for c in characters]
+def refuse_repeats(names: list[str]) -> None:
     if len(set(names)) != len(names):
         raise ValueError(f"a character is connected twice: {', '.join(names)}")
+
+
+def connected(character, character_2=None, character_3=None, character_4=None) -> list:
+    characters = [c for c in (character, character_2, character_3, character_4) if c is not None]
+    refuse_repeats([c.name for c in characters])
     return characters
 
 

@@ -24,9 +24,10 @@ def check_outputs(images: str = "image", score_tooltip: str = "0..1") -> list:
     ]
 
 
-def verdict_ui(images, verdict: dict, cls=None, faces_from: dict | None = None) -> dict:
+def verdict_ui(images, verdict: dict, cls=None, faces_from: dict | None = None, key: str = VERDICT_UI_KEY) -> dict:
     """The ui dict of a check node: preview images + "text" (as PreviewImage and PreviewText give them) + the
-    verdict under VERDICT_UI_KEY. Faces are drawn from `faces_from` (an identity verdict) or the verdict itself."""
+    verdict under `key` (VERDICT_UI_KEY, which the controller collects as verdicts). Faces are drawn from
+    `faces_from` (an identity verdict) or the verdict itself."""
     first = images[:MAX_PREVIEW_FRAMES]  # only these are drawn: a long video stays where it is
     previews = preview_frames(first.cpu().numpy() if isinstance(first, torch.Tensor) else first, verdict, faces_from)
     shown = {}
@@ -34,7 +35,7 @@ def verdict_ui(images, verdict: dict, cls=None, faces_from: dict | None = None) 
         # ComfyUI saves 255 * value truncated to uint8: the half step makes it give back exactly our pixels
         batch = torch.from_numpy((np.stack(previews).astype(np.float32) + 0.5) / 255.0)
         shown = ui.PreviewImage(batch, cls=cls).as_dict()
-    return {**shown, **ui.PreviewText(summary_line(verdict)).as_dict(), VERDICT_UI_KEY: [verdict]}
+    return {**shown, **ui.PreviewText(summary_line(verdict)).as_dict(), key: [verdict]}
 
 
 def verdict_output(images, verdict: dict, *values, cls=None, faces_from: dict | None = None) -> io.NodeOutput:

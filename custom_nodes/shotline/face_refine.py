@@ -14,13 +14,11 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from .check_outputs import VERDICT_UI_KEY, verdict_ui
-from .core.face_embedding import load_embedder
+from .check_outputs import verdict_ui
 from .core.face_refine import (FacePrompt, FaceScorer, RefineSettings, character_prompt, faces_to_refine,
                                preview_faces, refine_frame, refine_record, resize)
-from .core.faces import load_detector
 from .core.identity import DEFAULT_THRESHOLD
-from .identity_check import Gallery, check_galleries
+from .identity_check import Gallery, connected_galleries
 
 REFINE_UI_KEY = "shotline_refine"
 
@@ -125,14 +123,11 @@ class FaceRefine(io.ComfyNode):
     def execute(cls, image, model, clip, vae, gallery, seed, steps, cfg, sampler_name, scheduler, denoise,
                 crop_factor, guide_size, feather, max_cycles, target, face_prompt: str, negative: str,
                 gallery_2=None, gallery_3=None, gallery_4=None) -> io.NodeOutput:
-        galleries = [g for g in (gallery, gallery_2, gallery_3, gallery_4) if g is not None]
-        check_galleries(galleries)
-        detector = load_detector(*galleries[0].detector)
-        embedder = load_embedder(*galleries[0].embedder)
-        embeddings = {g.name: g.embeddings for g in galleries}
-        targets = {g.name: g.threshold if g.threshold is not None else target for g in galleries}
+        connected = connected_galleries(target, gallery, gallery_2, gallery_3, gallery_4)
+        detector, embedder, embeddings, targets = (connected.detector, connected.embedder, connected.embeddings,
+                                                   connected.thresholds)
         prompts = {g.name: character_prompt(g.design_prompt, g.negative_prompt, face_prompt, negative)
-                   for g in galleries}
+                   for g in connected.galleries}
         settings = RefineSettings(seed=seed, denoise=denoise, crop_factor=crop_factor, guide_size=guide_size,
                                   feather=feather, max_cycles=max_cycles,
                                   multiple=max(8, int(vae.spacial_compression_encode())))
@@ -151,15 +146,15 @@ class FaceRefine(io.ComfyNode):
             histories += frame_histories
         reasons += [f"frame {h.frame}: face {h.face}: {h.reason}" for h in histories if h.reason]
         record = refine_record(histories, int(image.shape[0]), reasons)
-        record.update(backend=galleries[0].backend, settings={
+        record.update(backend=connected.backend, settings={
             "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler_name, "scheduler": scheduler,
             "denoise": denoise, "crop_factor": crop_factor, "guide_size": guide_size, "feather": feather,
             "max_cycles": max_cycles, "targets": targets})
         output = torch.stack(frames).to(image.dtype) if frames else image  # an empty batch stays empty
         # the check nodes' preview (faces boxed, a caption); the record is no check verdict, so it goes under a
         # key of its own rather than the verdicts' key the controller collects
-        shown = verdict_ui(output, record, cls, faces_from=preview_faces(histories, int(image.shape[0])))
-        shown.pop(VERDICT_UI_KEY)
-        shown.update({"text": [record["summary"]], REFINE_UI_KEY: [record]})
+        shown = verdict_ui(output, record, cls, faces_from=preview_faces(histories, int(image.shape[0])),
+                           key=REFINE_UI_KEY)
+        shown["text"] = [record["summary"]]
         return io.NodeOutput(output, json.dumps(record), ui=shown)
 

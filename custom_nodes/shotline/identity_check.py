@@ -16,11 +16,11 @@ import numpy as np
 from comfy_api.latest import io
 
 from . import model_folders
-from .character_library import Character
+from .character_library import Character, refuse_repeats
 from .check_outputs import check_outputs, verdict_output
 from .core.face_embedding import load_embedder
 from .core.faces import load_detector
-from .core.gallery_cache import GalleryCache, backend_key, reference_embedder
+from .core.gallery_cache import CACHE_FOLDER, GalleryCache, backend_key, reference_embedder
 from .core.identity import DEFAULT_THRESHOLD, aggregate_frames, check_identity
 from .core.models import MODEL_FOLDERS, ModelMissingError
 
@@ -88,15 +88,32 @@ def resolve_backend(style: str, backend: str, pack: str, anime_detector: str, em
             ("ccip", folder_paths.get_full_path_or_raise(model_folders.CHARACTER_EMBEDDERS, embedder_file)))
 
 
-def check_galleries(galleries) -> None:
-    """One face backend and each character once: what Identity Check and Face Refine ask of their galleries."""
+@dataclass
+class ConnectedGalleries:
+    """The galleries connected to Identity Check or Face Refine, with their one backend's models loaded."""
+    galleries: list[CharacterGalleryData]
+    detector: object
+    embedder: object
+    embeddings: dict[str, np.ndarray]    # character -> its gallery
+    thresholds: dict[str, float]         # character -> its sheet's identity threshold, else the node's
+
+    @property
+    def backend(self) -> str:
+        return self.galleries[0].backend
+
+
+def connected_galleries(threshold: float, *galleries) -> ConnectedGalleries:
+    """The galleries given (None for an unconnected input): one face backend, each character once."""
+    galleries = [g for g in galleries if g is not None]
     backends = {g.backend for g in galleries}
     if len(backends) > 1:
         raise ValueError(f"the galleries use different face backends ({', '.join(sorted(backends))}): "
                          "choose the same backend on every Character Gallery")
-    names = [g.name for g in galleries]
-    if len(set(names)) != len(names):
-        raise ValueError(f"a character is connected twice: {', '.join(names)}")
+    refuse_repeats([g.name for g in galleries])
+    return ConnectedGalleries(
+        galleries, load_detector(*galleries[0].detector), load_embedder(*galleries[0].embedder),
+        {g.name: g.embeddings for g in galleries},
+        {g.name: g.threshold if g.threshold is not None else threshold for g in galleries})
 
 
 class CharacterGallery(io.ComfyNode):
@@ -140,7 +157,7 @@ class CharacterGallery(io.ComfyNode):
             vector = embed(path)
             progress.update(1)
             return vector
-        embeddings, faceless = GalleryCache(character.folder / ".embeddings").gallery(
+        embeddings, faceless = GalleryCache(character.folder / CACHE_FOLDER).gallery(
             character.references, key, embed_with_progress)
         if len(embeddings) == 0:
             raise ValueError(f"no face found in any reference image of {character.name!r} with the {key} backend "
@@ -183,17 +200,13 @@ class IdentityCheck(io.ComfyNode):
     @classmethod
     def execute(cls, image, gallery, threshold, allow_extra_faces, min_pass_share, gallery_2=None, gallery_3=None,
                 gallery_4=None) -> io.NodeOutput:
-        galleries = [g for g in (gallery, gallery_2, gallery_3, gallery_4) if g is not None]
-        check_galleries(galleries)
-        detector = load_detector(*galleries[0].detector)
-        embedder = load_embedder(*galleries[0].embedder)
-        thresholds = {g.name: g.threshold if g.threshold is not None else threshold for g in galleries}
-        embeddings = {g.name: g.embeddings for g in galleries}
+        connected = connected_galleries(threshold, gallery, gallery_2, gallery_3, gallery_4)
         progress = comfy.utils.ProgressBar(image.shape[0])
         frames = []
         for frame in image.cpu().numpy():
-            frames.append(check_identity(frame, embeddings, detector, embedder, thresholds, allow_extra_faces))
+            frames.append(check_identity(frame, connected.embeddings, connected.detector, connected.embedder,
+                                         connected.thresholds, allow_extra_faces))
             progress.update(1)
-        verdict = aggregate_frames(frames, min_pass_share=min_pass_share, threshold=thresholds)
-        verdict["backend"] = galleries[0].backend
+        verdict = aggregate_frames(frames, min_pass_share=min_pass_share, threshold=connected.thresholds)
+        verdict["backend"] = connected.backend
         return verdict_output(image, verdict, cls=cls)

@@ -36,3 +36,12 @@ def test_a_file_reported_under_two_keys_is_recorded_once():
     outputs = {"9": {"images": [saved], "animated": [True], "shotline_media": [{**saved, "duration_s": 1.0}]}}
     files, _ = collect_results(outputs)
     assert files == [{"node_id": "9", "kind": "images", **saved}]
+
+
+def test_a_face_refine_record_is_a_verdict_row_with_the_nodes_own_score():
+    from shotline_controller.comfy.results import refine_verdict, shot_status
+    assert refine_verdict({"check": "face_refine", "score": None, "passed": False})["score"] == 0.0
+    row = refine_verdict({"check": "face_refine", "score": 0.81, "passed": True, "faces": []})
+    assert (row["check"], row["score"], row["passed"]) == ("face_refine", 0.81, True)
+    failed_repair = refine_verdict({"check": "face_refine", "score": 0.2, "passed": False})
+    assert shot_status([failed_repair, {"check": "quality", "passed": True}]) == "approved"  # a repair decides nothing

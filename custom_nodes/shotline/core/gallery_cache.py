@@ -18,6 +18,8 @@ from typing import Callable
 
 import numpy as np
 
+CACHE_FOLDER = ".embeddings"   # inside a character's folder
+
 
 def file_sha256(path) -> str:
     digest = hashlib.sha256()
@@ -115,10 +117,11 @@ def most_typical_reference(folder, references) -> Path | None:
         return None
     cache = Path(folder)
     faceless: set[Path] = set()
+    digests = {path: file_sha256(path) for path in references} if cache.is_dir() else {}
     for backend in sorted(path for path in cache.glob("*/") if path.is_dir()) if cache.is_dir() else ():
         vectors = {}
         for path in references:
-            entry = backend / f"{file_sha256(path)}.npy"
+            entry = backend / f"{digests[path]}.npy"
             if entry.exists():
                 try:
                     vector = np.load(entry, allow_pickle=False)
