@@ -23,7 +23,7 @@ and `api/NAME.json` in API format (what the controller queues). Folders in SHOTL
                       denoise, target,           refine_denoise, identity_threshold,
                       guide_size, negative       refine_size, negative
     Face Repair       face_prompt + the above  prompt + the above (a preset that repairs an Input Image)
-    Quality           min_side                 min_side
+    Quality           min_side                 min_side (else the shortest side of the shot's size)
     Identity Check    threshold                identity_threshold
     Shot Verdict      identity_pass            identity_threshold
 
@@ -229,4 +229,20 @@ def fill_preset(graph: dict, shot: Shot, checkpoint: str | None, filename_prefix
         if not any(nodes_titled(graph, title) for title in titles):
             raise PresetError(f"preset {shot.workflow!r} has no node titled {' or '.join(map(repr, titles))} "
                               f"for the shot's {field or 'output files'}")
+    side = requested_side(graph, values)
+    if side is not None and values.get("min_side") is None:
+        for node in nodes_titled(graph, "Quality"):
+            node["inputs"]["min_side"] = side
+            filled["Quality.min_side"] = side
     return graph, filled
+
+
+def requested_side(graph: dict, values: dict) -> int | None:
+    """The shortest side of the frame the shot asks for, when the preset generates at the shot's size (it has a
+    Size node): what the Quality check's min_side follows unless the shot sets min_side, so a 128 px shot is
+    checked as 128 px, not against the preset's 512. None for a preset that takes its frame from elsewhere."""
+    if not nodes_titled(graph, "Size"):
+        return None
+    sides = [values.get(name) for name in ("width", "height")]
+    sides = [side for side in sides if isinstance(side, int) and side > 0]
+    return min(sides) if sides else None

@@ -1,4 +1,6 @@
-"""ShotQualityScore: sharpness, contrast, exposure and resolution verdict for an IMAGE batch."""
+"""ShotQualityScore: sharpness, contrast, exposure, noise and resolution verdict for an IMAGE batch."""
+import json
+
 import comfy.utils
 from comfy_api.latest import io
 
@@ -33,14 +35,34 @@ class ShotQualityScore(io.ComfyNode):
                 io.Float.Input("max_noise", default=DEFAULTS.max_noise, min=0.1, max=255.0, step=0.5, optional=True,
                                tooltip="Largest noise σ (0-255 grey levels, Immerkær's estimate) allowed: noise "
                                        "raises the sharpness measure, so it is checked on its own."),
+                io.String.Input("identity_verdict", force_input=True, optional=True,
+                                tooltip="Identity Check's verdict_json: sharpness is then measured on the faces "
+                                        "it found, so a defocused background does not fail a sharp portrait. "
+                                        "Without it, on the sharpest quarter of the frame."),
             ],
             outputs=check_outputs(score_tooltip="0..1; the worst image's score for a batch."),
         )
 
     @classmethod
     def execute(cls, image, min_sharpness, min_contrast, max_clipped, min_side,
-                max_noise=DEFAULTS.max_noise) -> io.NodeOutput:
+                max_noise=DEFAULTS.max_noise, identity_verdict=None) -> io.NodeOutput:
         thresholds = QualityThresholds(min_sharpness, min_contrast, max_clipped, min_side, max_noise)
         progress = comfy.utils.ProgressBar(image.shape[0])
-        verdict = assess_batch(image.cpu().numpy(), thresholds, on_image=lambda: progress.update(1))
+        verdict = assess_batch(image.cpu().numpy(), thresholds, on_image=lambda: progress.update(1),
+                               faces=face_boxes(identity_verdict))
         return verdict_output(image, verdict, cls=cls)
+
+
+def face_boxes(identity_verdict: str | None) -> list[list] | None:
+    """Per frame, the face boxes of an identity verdict (Identity Check's verdict_json), or None."""
+    if not identity_verdict:
+        return None
+    try:
+        verdict = json.loads(identity_verdict)
+    except json.JSONDecodeError:
+        raise ValueError("identity_verdict is not JSON: connect Identity Check's verdict_json") from None
+    frames = verdict.get("frames") if isinstance(verdict, dict) else None
+    if not isinstance(frames, list):
+        raise ValueError("identity_verdict has no frames: connect Identity Check's verdict_json")
+    return [[face["box"] for face in frame.get("faces", []) if isinstance(face, dict) and "box" in face]
+            for frame in frames]

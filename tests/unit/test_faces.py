@@ -107,7 +107,7 @@ def export_anime_detector(path: Path, candidates: np.ndarray, size: int = 320) -
 
 
 def test_anime_detector_decodes_letterboxed_boxes_and_suppresses_overlaps(tmp_path):
-    detector = AnimeFaceDetector(export_anime_detector(tmp_path / "anime.onnx", CANDIDATES))
+    detector = AnimeFaceDetector(export_anime_detector(tmp_path / "anime.onnx", CANDIDATES), letterbox=True)
     assert detector.size == 320
     image = np.zeros((480, 640, 3), np.float32)  # landscape: scale 0.5, 40 px of padding above and below
     faces = detector.detect(image)
@@ -188,3 +188,50 @@ def test_insightface_detector_decodes_a_scrfd_model_through_insightfaces_loader(
     assert detector.detect(image, min_score=0.98) == []
     [small] = detector.detect(image[::2, ::2].copy())
     assert small.box == pytest.approx(tuple(v / 2 for v in face.box), abs=0.5)
+
+
+def test_animeface_finds_the_anime_face_mtcnn_misses():
+    """The cat-eared girl of mixing_controlnets-1 escapes MTCNN; animeface (through the struct it was built
+    for: `animeface.detect` itself finds nothing with Pillow 12+) finds her, with her eyes above her mouth."""
+    from shotline.core.faces import AnimefaceDetector
+
+    detector = load_detector("animeface")
+    assert isinstance(detector, AnimefaceDetector)
+    picture = template_image("mixing_controlnets-1")
+    assert load_detector("mtcnn").detect(picture) == []
+    faces = detector.detect(picture)
+    assert len(faces) == 1 and faces[0].score >= 0.5
+    x0, y0, x1, y1 = faces[0].box
+    assert 150 < x0 < 240 and 80 < y0 < 160 and 90 < x1 - x0 < 160  # the face, in the 1024 px picture
+    left_eye, right_eye, nose, mouth_left, mouth_right = faces[0].landmarks
+    assert left_eye[0] < right_eye[0] and max(left_eye[1], right_eye[1]) < nose[1] < mouth_left[1]
+    assert len(detector.detect(template_image("image_netayume_lumina_t2i-1"))) == 1
+    assert detector.detect(template_image("controlnet_example-1")) == []  # a cottage landscape
+
+
+def test_combined_detector_adds_only_the_faces_the_first_one_missed():
+    combined = load_detector("mtcnn+animeface")
+    assert combined.name == "mtcnn+animeface"
+    netayume = template_image("image_netayume_lumina_t2i-1")  # both find her: one face, MTCNN's box
+    mtcnn_box = load_detector("mtcnn").detect(netayume)[0].box
+    assert [face.box for face in combined.detect(netayume)] == [mtcnn_box]
+    assert len(combined.detect(template_image("mixing_controlnets-1"))) == 1  # animeface's alone
+    assert len(combined.detect(t1_photo())) == 6
+
+
+def test_plausible_face_wants_a_face_geometry():
+    from shotline.core.faces import plausible_face
+
+    landmarks = np.array([[30, 40], [70, 40], [50, 60], [35, 80], [65, 80]], np.float32)
+    assert plausible_face(Face((0, 0, 100, 110), 0.8, landmarks))
+    assert plausible_face(Face((0, 0, 100, 110), 0.8, None))          # nothing to check but the box
+    assert not plausible_face(Face((0, 0, 100, 20), 0.8, None))       # a strip
+    upside_down = landmarks.copy()
+    upside_down[:, 1] = 110 - upside_down[:, 1]
+    assert not plausible_face(Face((0, 0, 100, 110), 0.8, upside_down))
+    squeezed = landmarks.copy()
+    squeezed[1, 0] = 35                                                 # eyes 5 % of the width apart
+    assert not plausible_face(Face((0, 0, 100, 110), 0.8, squeezed))
+    outside = landmarks.copy()
+    outside[3] = (35, 200)
+    assert not plausible_face(Face((0, 0, 100, 110), 0.8, outside))

@@ -298,21 +298,19 @@ def test_arcface_rejects_a_model_that_is_not_a_recogniser_and_names_missing_file
 
 
 def test_ccip_reads_its_input_size_from_the_model_and_normalises_like_clip(tmp_path):
+    from PIL import Image
     model = ChannelMeans.export(tmp_path / "ccip_tiny.onnx", 64)
     embedder = AnimeEmbedder(model)
-    assert embedder.size == 64 and embedder.dim == 3
+    assert embedder.size == 64 and embedder.dim == 3 and not embedder.has_metric_head
     image = template_image("image_netayume_lumina_t2i-1")
     face = load_detector("mtcnn").detect(image)[0]
-    vector = embedder.embed(image, face)
-    # expected: the box grown by 50 % each side, squared, at 64 x 64, (x - CLIP mean) / CLIP std, RGB order
-    x0, y0, x1, y1 = face.box
-    side = max(x1 - x0, y1 - y0) * 2
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    vector = embedder.embed(image, face, faces=[face])
+    # expected: the face alone in the frame, so the whole frame (CCIP embeds characters, not faces), resized to
+    # 64 x 64 with PIL's bilinear filter as imgutils does, (x - CLIP mean) / CLIP std, RGB order
     rgb = (image * 255 + 0.5).astype(np.uint8)
-    crop = rgb[max(0, int(cy - side / 2)):int(cy + side / 2), max(0, int(cx - side / 2)):int(cx + side / 2)]
-    crop = cv2.resize(crop, (64, 64), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255
-    expected = ((crop - CCIP_MEAN) / CCIP_STD).reshape(-1, 3).mean(axis=0)
-    assert vector == pytest.approx(expected / np.linalg.norm(expected), abs=0.02)
+    resized = np.asarray(Image.fromarray(rgb).resize((64, 64), resample=Image.BILINEAR)).astype(np.float32) / 255
+    expected = ((resized - CCIP_MEAN) / CCIP_STD).reshape(-1, 3).mean(axis=0)
+    assert vector == pytest.approx(expected / np.linalg.norm(expected), abs=1e-5)
     assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
 
 

@@ -116,3 +116,17 @@ def test_a_shot_naming_no_characters_keeps_the_presets_own():
     graph, filled = fill_preset(character_graph(), shot(), checkpoint="m.safetensors", filename_prefix="p")
     assert {"1", "2", "3", "4"} <= set(graph) and graph["1"]["inputs"]["character"] == "default"
     assert not any(key.startswith("Character 1") for key in filled)
+
+
+def test_quality_min_side_follows_the_size_the_shot_asks_for():
+    preset = load_preset("shot_character")
+    quality = lambda graph: next(n for n in graph.values() if n["_meta"]["title"] == "Quality")["inputs"]  # noqa: E731
+    graph, filled = fill_preset(preset, shot(size="128x192"), checkpoint="m.safetensors", filename_prefix="p")
+    assert quality(graph)["min_side"] == 128 and filled["Quality.min_side"] == 128
+    graph, filled = fill_preset(preset, shot(size="128x192", min_side=96), checkpoint="m.safetensors",
+                                filename_prefix="p")
+    assert quality(graph)["min_side"] == 96 and filled["Quality.min_side"] == 96  # the shot's own wins
+    repair = load_preset("shot_face_repair")  # its Size node scales the shot's image to the shot's size
+    graph, filled = fill_preset(repair, shot(size="128x192", image="sha256:" + "0" * 64), checkpoint="m.safetensors",
+                                filename_prefix="p", image_name="in.png")
+    assert quality(graph)["min_side"] == 128

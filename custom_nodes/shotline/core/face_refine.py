@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
-from .identity import DEFAULT_THRESHOLD, assign_faces, identity_score
+from .identity import DEFAULT_THRESHOLD, assign_faces, embed_faces, identity_score
 
 VAE_MULTIPLE = 8          # SD-family VAEs downscale by 8: the sampled crop's sides must divide by it
 MIN_OVERLAP = 0.3         # IoU with the original box below which a re-detected face is some other face
@@ -203,7 +203,7 @@ class FaceScorer:
         best = max(overlaps, default=(0.0, -1))
         if best[0] < MIN_OVERLAP:
             return None
-        embedding = self.embedder.embed(crop, faces[best[1]])
+        embedding = self.embedder.embed(crop, faces[best[1]], faces=faces)
         return round(float(identity_score(embedding, self.galleries[character], self.embedder)), 4)
 
 
@@ -327,7 +327,7 @@ def faces_to_refine(image: np.ndarray, detector, embedder, galleries: dict[str, 
         faces = detector.detect(image)
     except ValueError:
         faces = []
-    embeddings = [embedder.embed(image, face) for face in faces]
+    embeddings = embed_faces(embedder, image, faces)
     assignment = assign_faces(embeddings, galleries, embedder, targets)
     owner = {match.face: name for name, match in assignment.characters.items() if match.face is not None}
     result = []

@@ -5,7 +5,9 @@ costs nothing, adding a reference embeds only that one, and editing a file re-em
 face was found is cached too (as an empty array), so it is not searched again on every run.
 
 Layout: <folder>/<backend key>/<sha256>.npy, where `backend_key` names the detector, the embedder and a hash of
-the embedder's model file (two ArcFace models must not share entries).
+the embedder's model files (two ArcFace models must not share entries; CCIP's metric head and metrics.json count
+too, since with them the stored vectors are raw features) and the embedder's `cache_tag` when it has one (CCIP's
+"character": entries from when it embedded faces are not reused).
 """
 from __future__ import annotations
 
@@ -35,13 +37,17 @@ def _model_digest(path: str, size: int, mtime_ns: int) -> str:
 
 
 def backend_key(detector, embedder) -> str:
-    """A folder name for one detector + embedder + model file, e.g. "mtcnn-dlib-1a2b3c4d5e6f"."""
-    model = getattr(embedder, "model_path", None)
-    digest = ""
-    if model and os.path.isfile(model):
-        stat = os.stat(model)
-        digest = "-" + _model_digest(str(model), stat.st_size, stat.st_mtime_ns)
-    return f"{getattr(detector, 'name', 'faces')}-{embedder.name}{digest}"
+    """A folder name for one detector + embedder + model files, e.g. "mtcnn-dlib-1a2b3c4d5e6f"."""
+    files = [getattr(embedder, "model_path", None), *getattr(embedder, "calibration_files", ())]
+    digests = []
+    for model in files:
+        if model and os.path.isfile(model):
+            stat = os.stat(model)
+            digests.append(_model_digest(str(model), stat.st_size, stat.st_mtime_ns))
+    digest = "-" + (digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()[:12]) \
+        if digests else ""
+    tag = getattr(embedder, "cache_tag", "")
+    return f"{getattr(detector, 'name', 'faces')}-{embedder.name}{digest}{'-' + tag if tag else ''}"
 
 
 class GalleryCache:
@@ -90,20 +96,38 @@ class GalleryCache:
         return gallery, faceless
 
 
-def reference_embedder(detector, embedder) -> Callable[[Path], np.ndarray | None]:
-    """An `embed(path)` for `GalleryCache`: the largest face of the image file, or None when it has none."""
+def read_reference(path) -> np.ndarray | None:
+    """An image file as float RGB 0..1, transparency over white (as imgutils loads pictures), or None."""
     import cv2
 
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        return None
+    scale = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else 1.0
+    image = image.astype(np.float32) / scale
+    if image.ndim == 2 or image.shape[2] < 3:
+        return np.ascontiguousarray(np.repeat(image.reshape(*image.shape[:2], -1)[..., :1], 3, axis=2))
+    if image.shape[2] == 4:
+        alpha = image[..., 3:4]
+        image = image[..., :3] * alpha + (1.0 - alpha)
+    return np.ascontiguousarray(image[..., 2::-1])  # OpenCV's BGR to RGB
+
+
+def reference_embedder(detector, embedder) -> Callable[[Path], np.ndarray | None]:
+    """An `embed(path)` for `GalleryCache`: the largest face of the image file, or None when it has none.
+
+    The embedder is told every face found (a character embedder crops the largest face's character; with one face,
+    the whole picture). A character embedder (one with `embed_all`, CCIP) embeds a picture in which no face was
+    found whole: a reference picture shows its character, whether or not the face detector finds its face."""
     def embed(path: Path):
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
+        rgb = read_reference(path)
+        if rgb is None:
             return None
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
         faces = detector.detect(rgb)
         if not faces:
-            return None
+            return embedder.embed(rgb, None, faces=[]) if hasattr(embedder, "embed_all") else None
         largest = max(faces, key=lambda face: face.width * face.height)
-        return embedder.embed(rgb, largest)
+        return embedder.embed(rgb, largest, faces=faces)
 
     return embed
 

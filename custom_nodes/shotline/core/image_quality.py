@@ -24,12 +24,13 @@ import numpy as np
 # Sharpness is measured on a copy resampled to this many pixels, so the Laplacian variance of a
 # 2048 px frame and of a 512 px frame of the same scene are comparable ("normalised for resolution").
 SHARPNESS_ANALYSIS_PIXELS = 512 * 512
+SHARPNESS_GRID = 8  # subject sharpness: tiles per side
 _NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 
 
 @dataclass(frozen=True)
 class QualityThresholds:
-    min_sharpness: float = 100.0     # Laplacian variance (0..255 grey levels) at the analysis size
+    min_sharpness: float = 30.0      # Laplacian variance (0..255 grey levels) of the subject (`subject_sharpness`)
     min_contrast: float = 0.08       # RMS contrast: standard deviation of luma in 0..1
     max_clipped: float = 0.15        # share of pixels crushed to black or blown to white, each side
     min_side: int = 512              # shortest side in pixels
@@ -45,7 +46,7 @@ class QualityThresholds:
 class ImageQuality:
     width: int
     height: int
-    sharpness: float           # Laplacian variance at the analysis size
+    sharpness: float           # Laplacian variance at the analysis size, on the subject (`subject_sharpness`)
     contrast: float            # RMS contrast
     clipped_shadows: float     # share of pixels with luma <= 1/255
     clipped_highlights: float  # share of pixels blown: luma, or two channels, at >= 254/255
@@ -55,6 +56,7 @@ class ImageQuality:
     score: float               # mean of the check scores, 0..1
     passed: bool
     reasons: list[str] = field(default_factory=list)
+    sharpness_region: str = "sharpest quarter"   # or "faces": where sharpness was measured
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -72,15 +74,45 @@ def luma(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2GRAY)
 
 
-def laplacian_variance(grey: np.ndarray) -> float:
-    """Variance of the Laplacian of a 0..1 grey image, in 0..255 grey levels, at the analysis size."""
+def _analysis_laplacian(grey: np.ndarray) -> tuple[np.ndarray, float]:
+    """The Laplacian of a 0..1 grey image resampled to the analysis size, in 0..255 levels, and the scale used."""
     height, width = grey.shape
     scale = (SHARPNESS_ANALYSIS_PIXELS / float(height * width)) ** 0.5
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     # INTER_AREA when shrinking averages pixels (no aliasing); INTER_CUBIC when growing a small image.
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
     resized = cv2.resize(grey * 255.0, size, interpolation=interpolation)
-    return float(cv2.Laplacian(resized, cv2.CV_32F, ksize=1).var())
+    return cv2.Laplacian(resized, cv2.CV_32F, ksize=1), scale
+
+
+def laplacian_variance(grey: np.ndarray) -> float:
+    """Variance of the Laplacian of a 0..1 grey image, in 0..255 grey levels, at the analysis size."""
+    return float(_analysis_laplacian(grey)[0].var())
+
+
+def subject_sharpness(grey: np.ndarray, boxes=None) -> float:
+    """Sharpness of the subject, not of the whole frame: the mean Laplacian variance (0..255 levels, at the
+    analysis size) of the sharpest quarter of the tiles of an 8 x 8 grid, among the tiles that hold a face of
+    `boxes` (x0, y0, x1, y1 in the image's pixels) when faces are given, else among all of them.
+
+    The whole-frame variance flags shallow-focus portraits as blurry: a sharp subject before a smooth or
+    defocused background averages low. A frame blurred all over is low in every tile."""
+    laplacian, scale = _analysis_laplacian(grey)
+    rows, cols = laplacian.shape
+    grid = SHARPNESS_GRID
+    edges_y = np.linspace(0, rows, grid + 1).round().astype(int)
+    edges_x = np.linspace(0, cols, grid + 1).round().astype(int)
+    tiles = np.array([[laplacian[edges_y[i]:edges_y[i + 1], edges_x[j]:edges_x[j + 1]].var()
+                       if edges_y[i + 1] > edges_y[i] and edges_x[j + 1] > edges_x[j] else 0.0
+                       for j in range(grid)] for i in range(grid)])
+    chosen = []
+    for x0, y0, x1, y1 in boxes or ():
+        i0, i1 = np.searchsorted(edges_y, [y0 * scale, y1 * scale], side="right") - 1
+        j0, j1 = np.searchsorted(edges_x, [x0 * scale, x1 * scale], side="right") - 1
+        chosen += [tiles[i, j] for i in range(max(0, i0), min(grid - 1, i1) + 1)
+                   for j in range(max(0, j0), min(grid - 1, j1) + 1)]
+    ranked = np.sort(np.asarray(chosen) if chosen else tiles.reshape(-1))[::-1]
+    return float(np.mean(ranked[:max(1, ranked.size // 4)]))
 
 
 def noise_sigma(image: np.ndarray) -> float:
@@ -106,7 +138,10 @@ def blown_share(image: np.ndarray, grey: np.ndarray) -> float:
     return float(np.count_nonzero(blown) / grey.size)
 
 
-def assess_image(image: np.ndarray, thresholds: QualityThresholds = QualityThresholds()) -> ImageQuality:
+def assess_image(image: np.ndarray, thresholds: QualityThresholds = QualityThresholds(),
+                 faces=None) -> ImageQuality:
+    """The verdict for one frame. `faces`: face boxes (x0, y0, x1, y1) found in it, e.g. by Identity Check; the
+    sharpness is then measured on them."""
     image = np.asarray(image, dtype=np.float32)
     not_finite = ~np.isfinite(image)
     invalid = 0.0
@@ -115,7 +150,8 @@ def assess_image(image: np.ndarray, thresholds: QualityThresholds = QualityThres
         image = np.nan_to_num(image, nan=0.0, posinf=1.0, neginf=0.0)
     grey = np.clip(luma(image), 0.0, 1.0)
     height, width = grey.shape
-    sharpness = laplacian_variance(grey)
+    faces = [tuple(float(v) for v in box) for box in faces or ()]
+    sharpness = subject_sharpness(grey, faces)
     _, std = cv2.meanStdDev(grey)
     contrast = float(std[0, 0])
     shadows = float(np.count_nonzero(grey <= 1.0 / 255.0) / grey.size)
@@ -136,7 +172,8 @@ def assess_image(image: np.ndarray, thresholds: QualityThresholds = QualityThres
     if invalid:
         reasons.append(f"invalid pixels: {invalid:.1%} are NaN or infinite (a failed decode, e.g. fp16 overflow)")
     if sharpness < thresholds.min_sharpness:
-        reasons.append(f"blurry: sharpness {sharpness:.1f} < {thresholds.min_sharpness:g}")
+        reasons.append(f"blurry: sharpness {sharpness:.1f} < {thresholds.min_sharpness:g}"
+                       f"{' on the faces' if faces else ''}")
     if contrast < thresholds.min_contrast:
         reasons.append(f"low contrast: {contrast:.3f} < {thresholds.min_contrast:g}")
     if shadows > thresholds.max_clipped:
@@ -163,17 +200,19 @@ def assess_image(image: np.ndarray, thresholds: QualityThresholds = QualityThres
         score=0.0 if invalid else round(float(np.mean(list(scores.values()))), 4),
         passed=not reasons,
         reasons=reasons,
+        sharpness_region="faces" if faces else "sharpest quarter",
     )
 
 
-def assess_batch(images, thresholds: QualityThresholds = QualityThresholds(), on_image=None) -> dict:
+def assess_batch(images, thresholds: QualityThresholds = QualityThresholds(), on_image=None,
+                 faces=None) -> dict:
     """Verdict for a batch (N, H, W, C): per-image results, the batch score (the worst image) and pass (all pass).
 
-    `on_image` is called after each image, for progress reporting.
+    `faces`: per image, its face boxes (or None); `on_image` is called after each image, for progress reporting.
     """
     results = []
-    for image in images:
-        results.append(assess_image(image, thresholds))
+    for index, image in enumerate(images):
+        results.append(assess_image(image, thresholds, faces[index] if faces and index < len(faces) else None))
         if on_image is not None:
             on_image()
     if not results:
