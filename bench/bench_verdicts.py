@@ -21,12 +21,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
-import json
 import pickle
 import sys
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +38,8 @@ from PIL import Image  # noqa: E402
 
 from shotline.core import identity  # noqa: E402
 from shotline.core.face_embedding import load_embedder  # noqa: E402
-from shotline.core.faces import (AnimefaceDetector, Face, MTCNNDetector, _overlaps, plausible_face,  # noqa: E402
-                                 _sorted_faces)
+from shotline.core.faces import (DEFAULT_DETECTOR, AnimefaceDetector, Face, MTCNNDetector,  # noqa: E402
+                                 _overlaps, _sorted_faces, detector_settings, load_detector, plausible_face)
 from shotline.core.image_quality import QualityThresholds, assess_image, luma  # noqa: E402
 
 LABELS = ROOT / "bench" / "identity_eval"
@@ -150,26 +149,40 @@ class Detections:
         if name not in self._models:
             self._models[name] = {"raw": raw_mtcnn, "mtcnn40": lambda: MTCNNDetector(min_score=0.0, sure_score=0.0),
                                   "mtcnn20": lambda: MTCNNDetector(min_face_size=20, min_score=0.0, sure_score=0.0),
-                                  "animeface": lambda: AnimefaceDetector(min_score=0.0)}[name]()
+                                  "mtcnn40x2": lambda: MTCNNDetector(min_score=0.0, sure_score=0.0, max_side=2048),
+                                  "mtcnn40loose": lambda: MTCNNDetector(min_score=0.0, sure_score=0.0,
+                                                                        stage_thresholds=(0.5, 0.5, 0.5)),
+                                  "animeface": lambda: AnimefaceDetector(min_score=0.0),
+                                  "product": lambda: load_detector(DEFAULT_DETECTOR)}[name]()
         return self._models[name]
 
     def get(self, name: str, entry: dict, rgb_loader) -> tuple[list[Face], float]:
         def compute():
             rgb = rgb_loader()
             start = time.perf_counter()
-            faces = run_raw_mtcnn(self.model(name), rgb) if name == "raw" else self.model(name).detect(rgb)
+            if name == "raw":
+                faces = run_raw_mtcnn(self.model(name), rgb)
+            elif name == "mtcnn40x2":  # a second look on a copy upscaled 2x: small drawn faces grow past 40 px
+                large = cv2.resize(rgb, (rgb.shape[1] * 2, rgb.shape[0] * 2), interpolation=cv2.INTER_CUBIC)
+                faces = [Face(tuple(v / 2 for v in face.box), face.score, face.landmarks / 2)
+                         for face in self.model(name).detect(large)]
+            else:
+                faces = self.model(name).detect(rgb)
             return faces, time.perf_counter() - start
-        return cached(name, f"{entry.get('wheel', '')}{entry['file']}#{entry.get('frame', 0)}", compute,
+        kind = f"product-{detector_settings(self.model(name))}" if name == "product" else name
+        return cached(kind, f"{entry.get('wheel', '')}{entry['file']}#{entry.get('frame', 0)}", compute,
                       self.refresh)
 
 
-def mtcnn_cut(faces: list[Face], min_score: float, sure_score: float, min_size: float = 0) -> list[Face]:
-    return [f for f in faces if f.score >= min_score and (f.score >= sure_score or plausible_face(f))
-            and min(f.width, f.height) >= min_size]
+def mtcnn_cut(faces: list[Face], min_score: float, sure_score: float) -> list[Face]:
+    """MTCNN's faces from a run with every score kept: over `min_score`, with a face's landmarks under
+    `sure_score`, and marked unsure there (as MTCNNDetector does)."""
+    return [replace(f, sure=f.score >= sure_score) for f in faces
+            if f.score >= min_score and (f.score >= sure_score or plausible_face(f))]
 
 
-def animeface_cut(faces: list[Face], min_score: float) -> list[Face]:
-    return [f for f in faces if f.score >= min_score and plausible_face(f)]
+def animeface_cut(faces: list[Face], min_score: float, sure_score: float = 0.9) -> list[Face]:
+    return [replace(f, sure=f.score >= sure_score) for f in faces if f.score >= min_score and plausible_face(f)]
 
 
 def union(*lists: list[Face]) -> list[Face]:
@@ -183,19 +196,31 @@ DETECTOR_CONFIGS = {
     # name: (how it is built from the cached runs, which runs it needs)
     "raw MTCNN (facenet defaults)": (lambda d: d["raw"], ("raw",)),
     "MTCNN 0.9 (Shotline before)": (lambda d: mtcnn_cut(d["mtcnn40"], 0.9, 0.9), ("mtcnn40",)),
-    "MTCNN 0.7 + landmark check": (lambda d: mtcnn_cut(d["mtcnn40"], 0.7, 0.9), ("mtcnn40",)),
-    "MTCNN 0.5 + landmark check": (lambda d: mtcnn_cut(d["mtcnn40"], 0.5, 0.9), ("mtcnn40",)),
-    "MTCNN@20 0.7 + landmark check": (lambda d: mtcnn_cut(d["mtcnn20"], 0.7, 0.9), ("mtcnn20",)),
-    "animeface 0.5": (lambda d: animeface_cut(d["animeface"], 0.5), ("animeface",)),
+    "MTCNN 0.7 + landmarks": (lambda d: mtcnn_cut(d["mtcnn40"], 0.7, 0.9), ("mtcnn40",)),
     "MTCNN 0.9 + animeface 0.5": (lambda d: union(mtcnn_cut(d["mtcnn40"], 0.9, 0.9),
                                                   animeface_cut(d["animeface"], 0.5)), ("mtcnn40", "animeface")),
+    "MTCNN@20 0.7 + landmarks": (lambda d: mtcnn_cut(d["mtcnn20"], 0.7, 0.9), ("mtcnn20",)),
+    "MTCNN@20 0.5 + landmarks": (lambda d: mtcnn_cut(d["mtcnn20"], 0.5, 0.9), ("mtcnn20",)),
+    "animeface 0.5": (lambda d: animeface_cut(d["animeface"], 0.5), ("animeface",)),
     "MTCNN 0.7 + animeface 0.5": (lambda d: union(mtcnn_cut(d["mtcnn40"], 0.7, 0.9),
                                                   animeface_cut(d["animeface"], 0.5)), ("mtcnn40", "animeface")),
-    "MTCNN 0.7 + animeface 0.7": (lambda d: union(mtcnn_cut(d["mtcnn40"], 0.7, 0.9),
-                                                  animeface_cut(d["animeface"], 0.7)), ("mtcnn40", "animeface")),
+    "MTCNN@20 0.7 + animeface 0.5": (lambda d: union(mtcnn_cut(d["mtcnn20"], 0.7, 0.9),
+                                                     animeface_cut(d["animeface"], 0.5)), ("mtcnn20", "animeface")),
+    "MTCNN@20 0.7 + animeface 0.3": (lambda d: union(mtcnn_cut(d["mtcnn20"], 0.7, 0.9),
+                                                     animeface_cut(d["animeface"], 0.3)), ("mtcnn20", "animeface")),
+    "MTCNN stages 0.5, 0.5 + landmarks": (lambda d: mtcnn_cut(d["mtcnn40loose"], 0.5, 0.9), ("mtcnn40loose",)),
+    "MTCNN stages 0.5, 0.5 + animeface": (lambda d: union(mtcnn_cut(d["mtcnn40loose"], 0.5, 0.9),
+                                                          animeface_cut(d["animeface"], 0.5)),
+                                          ("mtcnn40loose", "animeface")),
+    "MTCNN 0.7 + 2x pass + animeface": (lambda d: union(mtcnn_cut(d["mtcnn40"], 0.7, 0.9),
+                                                        mtcnn_cut(d["mtcnn40x2"], 0.7, 0.9),
+                                                        animeface_cut(d["animeface"], 0.5)),
+                                        ("mtcnn40", "mtcnn40x2", "animeface")),
+    "Shotline default": (lambda d: d["product"], ("product",)),
 }
 BASELINE_DETECTOR = "raw MTCNN (facenet defaults)"
 BEFORE_DETECTOR = "MTCNN 0.9 (Shotline before)"
+PRODUCT_DETECTOR = "Shotline default"  # what Identity Check's dlib backend runs: load_detector(DEFAULT_DETECTOR)
 
 
 def matched(detected: list[Face], box) -> Face | None:
@@ -257,6 +282,9 @@ def identity_pairs(faces: list[LabelledFace], hard: set):
 
 
 class Embeddings:
+    """dlib vectors of detected faces: the raw library's (`compute_face_descriptor` on the box, raw vector) or
+    Shotline's (`DlibEmbedder.embed`: mirrored mean, unit norm), cached on disk."""
+
     def __init__(self, refresh: bool):
         self.dlib = load_embedder("dlib")
         self.refresh = refresh
@@ -264,21 +292,35 @@ class Embeddings:
 
     def get(self, entry: dict, face: Face, rgb_loader, raw: bool = False) -> np.ndarray:
         key = (entry.get("wheel", "") + entry["file"], entry.get("frame", 0), tuple(round(v, 1) for v in face.box),
-               raw)
+               "raw" if raw else "shotline-" + self.dlib.cache_tag)
         if key not in self.memory:
             def compute():
-                rgb = (rgb_loader() * 255).round().astype(np.uint8)
-                x0, y0, x1, y1 = (int(round(v)) for v in face.box)
-                shape = self.dlib.shape_predictor(rgb, self.dlib._dlib.rectangle(x0, y0, x1, y1))
-                return np.array(self.dlib.resnet.compute_face_descriptor(rgb, shape, 0), np.float32)
-            self.memory[key] = cached("dlib", repr(key[:3]), compute, self.refresh)
-        vector = self.memory[key]
-        return vector if raw else vector / max(float(np.linalg.norm(vector)), 1e-12)
+                if raw:
+                    return self.dlib.descriptor((rgb_loader() * 255).round().astype(np.uint8), face.box)
+                return self.dlib.embed(rgb_loader(), face)
+            self.memory[key] = cached("dlib", repr(key), compute, self.refresh)
+        return self.memory[key]
 
 
-def run_identity(images, faces, hard, detections, embeddings, loaders, detector_names, calibration):
+@dataclass
+class IdentityRow:
+    name: str
+    auc_hard: float          # genuine vs look-alike pairs, faces found on both sides
+    tpr_hard: float
+    auc_all: float           # genuine vs every impostor pair, faces on both sides
+    auc_missing: float       # genuine vs look-alikes, every labelled pair; a face not found is a reject
+    accepted: float          # genuine pairs at or over the pass threshold
+    lookalikes_passed: tuple[int, int]
+    no_face: dict            # style group -> (pairs with a face not found, pairs), genuine + look-alike
+
+
+def pair_scores(pairs, score):
+    return [score(a, b) for a, b in pairs]
+
+
+def run_identity(images, faces, hard, detections, embeddings, loaders, detector_names, calibration,
+                 product: str):
     genuine, hard_pairs, same_style = identity_pairs(faces, hard)
-    impostors = hard_pairs + same_style
     print(f"\nidentity set: {len(faces)} labelled faces, {len({f.identity for f in faces if f.identity})} characters; "
           f"pairs: {len(genuine)} genuine, {len(hard_pairs)} look-alike impostors, {len(same_style)} other "
           f"same-style impostors")
@@ -295,38 +337,63 @@ def run_identity(images, faces, hard, detections, embeddings, loaders, detector_
             for index, face in enumerate(entry.get("faces") or []):
                 found[(name, f"{image_id}/{index}")] = matched(detected, face["box"])
 
-    def embed(name, face: LabelledFace, raw=False):
-        hit = found[(name, face.key)]
-        return None if hit is None else embeddings.get(images[face.image], hit, loaders[face.image], raw)
-
     rows = []
     for name in detector_names:
         baseline = name == BASELINE_DETECTOR
+
+        def embed(face: LabelledFace):
+            hit = found[(name, face.key)]
+            return None if hit is None else embeddings.get(images[face.image], hit, loaders[face.image], baseline)
+
         def score(a, b):
-            ea, eb = embed(name, a, raw=baseline), embed(name, b, raw=baseline)
+            ea, eb = embed(a), embed(b)
             if ea is None or eb is None:
                 return None
             distance = float(np.linalg.norm(ea - eb))
             return -distance if baseline else calibration.idr(distance)
-        g_scores = [(score(a, b), pair_style(a, b)) for a, b in genuine]
-        i_scores = [(score(a, b), pair_style(a, b)) for a, b in impostors]
-        h_scores = [score(a, b) for a, b in hard_pairs]
+
+        g_scores, h_scores = pair_scores(genuine, score), pair_scores(hard_pairs, score)
+        s_scores = pair_scores(same_style, score)
         cut = -0.6 if baseline else identity.DEFAULT_THRESHOLD
-        g_ok = [s for s, _ in g_scores if s is not None]
-        i_ok = [s for s, _ in i_scores if s is not None]
-        all_pairs = g_scores + i_scores
-        no_face = {group: (sum(s is None for s, st in all_pairs if st == group),
-                           sum(st == group for _, st in all_pairs)) for group in STYLE_GROUPS}
-        rows.append((name, auc(g_ok, i_ok), tpr_at_fpr(g_ok, i_ok),
-                     np.mean([s >= cut for s in g_ok]) if g_ok else float("nan"),
-                     sum(s is not None and s >= cut for s in h_scores), sum(s is not None for s in h_scores),
-                     no_face))
-    print(f"\n{'pairs (score: IDR; baseline: -dlib distance)':<34} {'AUC':>6} {'TPR@5%':>7} {'accept':>7} "
-          f"{'look-alikes passed':>19}  no face found (pairs): " + ", ".join(STYLE_GROUPS))
-    for name, a, t, accept, h_pass, h_n, no_face in rows:
-        nf = "  ".join(f"{n}/{total} ({n / total:.0%})" if total else "-" for n, total in no_face.values())
-        print(f"{name:<34} {a:6.3f} {t:7.3f} {accept:7.1%} {h_pass:>10d} of {h_n:<5d}  {nf}")
-    return found, genuine, hard_pairs
+        g_ok, h_ok = [v for v in g_scores if v is not None], [v for v in h_scores if v is not None]
+        s_ok = [v for v in s_scores if v is not None]
+        floor = -1e9  # a face not found: below every measured score, for genuine and impostor pairs alike
+        g_all = [floor if v is None else v for v in g_scores]
+        h_all = [floor if v is None else v for v in h_scores]
+        styles = [pair_style(a, b) for a, b in genuine + hard_pairs]
+        missing = [v is None for v in g_scores + h_scores]
+        no_face = {group: (sum(m for m, st in zip(missing, styles) if st == group), styles.count(group))
+                   for group in STYLE_GROUPS}
+        rows.append(IdentityRow(name, auc(g_ok, h_ok), tpr_at_fpr(g_ok, h_ok), auc(g_ok, h_ok + s_ok),
+                                auc(g_all, h_all), float(np.mean([v >= cut for v in g_ok])) if g_ok else float("nan"),
+                                (sum(v >= cut for v in h_ok), len(h_ok)), no_face))
+    print(f"\n{'pairs':<34} {'AUC':>6} {'TPR@5%':>7} {'AUC':>6} {'AUC':>6} {'accept':>7} {'look-alikes':>12}  "
+          "a face not found (genuine + look-alike pairs)")
+    print(f"{'(scores: IDR; baseline: -distance)':<34} {'hard':>6} {'hard':>7} {'all':>6} {'+miss':>6} {'':>7} "
+          f"{'passed':>12}  " + "  ".join(f"{g:<14}" for g in STYLE_GROUPS))
+    for row in rows:
+        nf = "  ".join(f"{n:>3}/{total:<3} {n / total:4.0%}" if total else f"{'-':<14}" for n, total in row.no_face.values())
+        mark = " (baseline)" if row.name == BASELINE_DETECTOR else " (default)" if row.name == product else ""
+        print(f"{(row.name + mark)[:34]:<34} {row.auc_hard:6.3f} {row.tpr_hard:7.3f} {row.auc_all:6.3f} "
+              f"{row.auc_missing:6.3f} {row.accepted:7.1%} {row.lookalikes_passed[0]:>5d} of {row.lookalikes_passed[1]:<3d}  {nf}")
+    print("hard: genuine vs look-alike pairs with a face found on both sides; all: vs every impostor pair; +miss: "
+          "every labelled genuine and look-alike pair, a face not found ranked below all (a reject); accept: "
+          f"genuine pairs passing (IDR >= {identity.DEFAULT_THRESHOLD:g}; baseline: distance < 0.6)")
+    return found, genuine, hard_pairs, rows
+
+
+def calibration_scores(images, genuine, hard_pairs, found, embeddings, loaders, detector_name):
+    """Unit-vector distances of Shotline's embeddings, genuine and look-alike, faces found on both sides."""
+    def distance(a, b):
+        ha, hb = found[(detector_name, a.key)], found[(detector_name, b.key)]
+        if ha is None or hb is None:
+            return None
+        ea = embeddings.get(images[a.image], ha, loaders[a.image])
+        eb = embeddings.get(images[b.image], hb, loaders[b.image])
+        return float(np.linalg.norm(ea - eb))
+    g = [d for d in (distance(a, b) for a, b in genuine) if d is not None]
+    h = [d for d in (distance(a, b) for a, b in hard_pairs) if d is not None]
+    return g, h
 
 
 def run_galleries(images, faces, hard, found, embeddings, loaders, detector_name, calibration):
@@ -336,56 +403,55 @@ def run_galleries(images, faces, hard, found, embeddings, loaders, detector_name
         if face.identity:
             by_identity[face.identity].append(face)
 
-    def vectors(face_list, exclude_image, raw):
+    def vectors(face_list, exclude_image, raw, name):
         out = []
         for face in face_list:
-            hit = found[(detector_name, face.key)]
+            hit = found[(name, face.key)]
             if face.image != exclude_image and hit is not None:
                 out.append(embeddings.get(images[face.image], hit, loaders[face.image], raw))
         return np.array(out)
 
-    rules = {
-        "nearest reference, dlib 0.6 (baseline)": None,
-        "centroid (Shotline before)": "centroid",
-        "best-3 mean": "best_k",
-    }
+    rules = {"nearest reference, dlib 0.6 (baseline)": (None, BASELINE_DETECTOR),
+             "centroid (Shotline)": ("centroid", detector_name), "best-3 mean": ("best_k", detector_name),
+             "nearest reference": ("nearest", detector_name)}
     results = {}
-    for rule_name, rule in rules.items():
+    for rule_name, (rule, name) in rules.items():
         genuine, impostor = [], []
+        raw = rule is None
         for face in faces:
-            if not face.identity or found[(detector_name, face.key)] is None:
+            if not face.identity or found[(name, face.key)] is None:
                 continue
-            raw = rule is None
-            probe = embeddings.get(images[face.image], found[(detector_name, face.key)], loaders[face.image], raw)
+            probe = embeddings.get(images[face.image], found[(name, face.key)], loaders[face.image], raw)
             rivals = [other for pair in hard if face.identity in pair for other in pair - {face.identity}]
             for identity_name, target in [(face.identity, genuine)] + [(rival, impostor) for rival in rivals]:
-                gallery = vectors(by_identity.get(identity_name, []), face.image, raw)
+                gallery = vectors(by_identity.get(identity_name, []), face.image, raw, name)
                 if not len(gallery):
                     continue
                 distances = np.linalg.norm(gallery - probe, axis=1)
-                if rule is None:
+                if rule in (None, "nearest"):
                     target.append(-float(distances.min()))
-                elif rule == "centroid":
-                    target.append(identity.identity_score(probe, gallery, calibration))
                 else:
-                    target.append(float(np.mean(np.sort(calibration.idr(distances))[::-1][:3])))
+                    target.append(identity.identity_score(probe, gallery, calibration, aggregation=rule))
         results[rule_name] = (auc(genuine, impostor), tpr_at_fpr(genuine, impostor), len(genuine), len(impostor))
-    print(f"\n{'galleries (' + detector_name + ')':<52} {'AUC':>6} {'TPR@5%':>7} {'trials':>12}")
+    print(f"\n{'galleries: a face against its character / a look-alike':<56} {'AUC':>6} {'TPR@5%':>7} {'trials':>12}")
     for rule_name, (a, t, g, i) in results.items():
-        print(f"{rule_name:<52} {a:6.3f} {t:7.3f} {g:5d} + {i:<5d}")
+        print(f"{rule_name:<56} {a:6.3f} {t:7.3f} {g:5d} + {i:<5d}")
     return results
 
 
 # --- face count -------------------------------------------------------------------------------------------
 
 def run_face_count(images, detections, loaders, detector_names):
+    """Per detector: pictures whose sure faces are exactly the labelled ones in number, the labelled faces found
+    (sure or unsure), and the detections on no labelled face, sure (a stranger in a verdict) and unsure (dropped
+    unless the assignment gives them to a character)."""
     exact = {image_id: entry for image_id, entry in images.items() if entry.get("face_count_exact", True)}
     print(f"\nface count, {len(exact)} pictures with an exact count "
           f"({sum(not (e.get('faces') or []) for e in exact.values())} with none)")
-    print(f"{'detector':<34} {'exact':>7} {'recall':>7} {'false':>6} {'by style: recall':>18}  ms/picture")
+    print(f"{'detector':<34} {'exact':>6} {'recall':>7} {'false':>6} {'unsure':>7}  {'recall by style':<28} ms/picture")
     for name in detector_names:
         build, runs = DETECTOR_CONFIGS[name]
-        right, labelled_total, hits_total, false_total, seconds = 0, 0, 0, 0, 0.0
+        right, labelled_total, hits_total, false_sure, false_unsure, seconds = 0, 0, 0, 0, 0, 0.0
         per_style = defaultdict(lambda: [0, 0])
         for image_id, entry in images.items():
             results = {run: detections.get(run, entry, loaders[image_id]) for run in runs}
@@ -400,12 +466,15 @@ def run_face_count(images, detections, loaders, detector_names):
             labelled_total += len(labelled)
             hits_total += hits
             targets = [Face(tuple(map(float, face["box"])), 1.0) for face in labelled]
-            false_total += sum(not any(_overlaps(face, t) for t in targets) for face in detected)
+            strays = [face for face in detected if not any(_overlaps(face, t) for t in targets)]
+            false_sure += sum(face.sure for face in strays)
+            false_unsure += sum(not face.sure for face in strays)
             if image_id in exact:
-                right += len(detected) == len(labelled)
+                right += sum(face.sure for face in detected) == len(labelled)
         styles = " ".join(f"{g.split('/')[0][:5]} {h / n:.0%}" for g, (h, n) in per_style.items() if n)
-        print(f"{name:<34} {right / len(exact):7.1%} {hits_total / max(labelled_total, 1):7.1%} {false_total:6d} "
-              f"{styles:>18}  {1000 * seconds / len(images):6.0f}")
+        print(f"{name[:34]:<34} {right / len(exact):6.1%} {hits_total / max(labelled_total, 1):7.1%} {false_sure:6d} "
+              f"{false_unsure:7d}  {styles:<28} {1000 * seconds / len(images):6.0f}")
+    print("exact: the sure faces number the labelled ones; false / unsure: detections on no labelled face")
 
 
 # --- quality ladder ---------------------------------------------------------------------------------------
@@ -515,9 +584,16 @@ def main(argv=None):
     if args.only in (None, "identity"):
         embeddings = Embeddings(args.refresh)
         calibration = identity.get_calibration("dlib")
-        found, _, _ = run_identity(images, faces, hard, detections, embeddings, loaders, args.detectors, calibration)
-        for name in dict.fromkeys([BEFORE_DETECTOR, *args.detectors[-1:]]):
-            run_galleries(images, faces, hard, found, embeddings, loaders, name, calibration)
+        names = list(dict.fromkeys([BASELINE_DETECTOR, *args.detectors, PRODUCT_DETECTOR]))
+        found, genuine, hard_pairs, _ = run_identity(images, faces, hard, detections, embeddings, loaders, names,
+                                                     calibration, PRODUCT_DETECTOR)
+        run_galleries(images, faces, hard, found, embeddings, loaders, PRODUCT_DETECTOR, calibration)
+        g, h = calibration_scores(images, genuine, hard_pairs, found, embeddings, loaders, PRODUCT_DETECTOR)
+        fitted = identity.calibrate(g, h, metric="euclidean", backend="dlib")
+        print(f"\ndlib calibration in use: boundary {calibration.boundary:.3f}, slope {calibration.slope:.1f}; fitted "
+              f"on this set ({len(g)} genuine, {len(h)} look-alike distances): boundary {fitted.boundary:.3f}, "
+              f"slope {fitted.slope:.1f}; genuine {np.percentile(g, 5):.3f}-{np.percentile(g, 95):.3f}, look-alike "
+              f"{np.percentile(h, 5):.3f}-{np.percentile(h, 95):.3f} (5th-95th percentile)")
     if args.only in (None, "quality"):
         run_quality(images, loaders, detections)
     print(f"\n({time.perf_counter() - start:.0f} s)")

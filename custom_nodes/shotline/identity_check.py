@@ -1,7 +1,8 @@
 """Character Gallery and Identity Check: is the right character on screen, alone or with the right others?
 
 Backends (a face detector + an embedder, always used together):
-    dlib         MTCNN (facenet-pytorch) + dlib's 128-d ResNet: both ship in packages, works offline
+    dlib         MTCNN (facenet-pytorch) + animeface for the drawn faces MTCNN misses + dlib's 128-d ResNet: all
+                 ship in packages, works offline
     insightface  an InsightFace pack's detector + ArcFace, from models/insightface/models/<pack>/
     anime        an anime face detector ONNX (models/anime_face_detectors/) + a CCIP-style embedder ONNX
                  (models/character_embedders/)
@@ -19,7 +20,7 @@ from . import model_folders
 from .character_library import Character, refuse_repeats
 from .check_outputs import check_outputs, verdict_output
 from .core.face_embedding import load_embedder
-from .core.faces import load_detector
+from .core.faces import DEFAULT_DETECTOR, load_detector
 from .core.gallery_cache import CACHE_FOLDER, GalleryCache, backend_key, reference_embedder
 from .core.identity import DEFAULT_THRESHOLD, aggregate_frames, check_identity
 from .core.models import MODEL_FOLDERS, ModelMissingError
@@ -56,8 +57,11 @@ def insightface_packs() -> dict[str, tuple[Path, Path]]:
 
 
 def onnx_files(folder_name: str) -> list[str]:
+    """The models a combo offers; CCIP's metric head (model_metrics.onnx) is read beside its feature model, not
+    chosen on its own."""
     import folder_paths
-    return sorted(folder_paths.get_filename_list(folder_name))
+    return sorted(name for name in folder_paths.get_filename_list(folder_name)
+                  if Path(name).name != "model_metrics.onnx")
 
 
 def resolve_backend(style: str, backend: str, pack: str, anime_detector: str, embedder_file: str):
@@ -73,7 +77,7 @@ def resolve_backend(style: str, backend: str, pack: str, anime_detector: str, em
         else:
             backend = "dlib"
     if backend == "dlib":
-        return ("mtcnn", None), ("dlib", None)
+        return (DEFAULT_DETECTOR, None), ("dlib", None)
     if backend == "insightface":
         if pack not in packs:
             raise ModelMissingError(f"models/insightface/models/{pack if pack != NONE else 'buffalo_l'}/det_10g.onnx",

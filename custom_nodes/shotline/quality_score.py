@@ -24,14 +24,17 @@ class ShotQualityScore(io.ComfyNode):
             inputs=[
                 io.Image.Input("image"),
                 io.Float.Input("min_sharpness", default=DEFAULTS.min_sharpness, min=0.1, max=10000.0, step=1.0,
-                               tooltip="Minimum Laplacian variance (0-255 grey levels), measured on a copy "
-                                       "resampled to 512x512 pixels so that frames of any size compare."),
+                               tooltip="Minimum Laplacian variance (0-255 grey levels) of the subject: the faces "
+                                       "Identity Check found when its verdict is connected, else the sharpest "
+                                       "quarter of the frame; on a copy resampled to 512x512 pixels so that frames "
+                                       "of any size compare."),
                 io.Float.Input("min_contrast", default=DEFAULTS.min_contrast, min=0.001, max=1.0, step=0.005,
                                tooltip="Minimum RMS contrast: standard deviation of luma in 0..1."),
                 io.Float.Input("max_clipped", default=DEFAULTS.max_clipped, min=0.001, max=1.0, step=0.01,
                                tooltip="Largest share of pixels crushed to black, or blown to white, allowed."),
                 io.Int.Input("min_side", default=DEFAULTS.min_side, min=1, max=16384, step=8,
-                             tooltip="Shortest side in pixels an image must have."),
+                             tooltip="Shortest side in pixels an image must have. The controller sets it to the "
+                                     "shot's own size unless the shot names min_side."),
                 io.Float.Input("max_noise", default=DEFAULTS.max_noise, min=0.1, max=255.0, step=0.5, optional=True,
                                tooltip="Largest noise σ (0-255 grey levels, Immerkær's estimate) allowed: noise "
                                        "raises the sharpness measure, so it is checked on its own."),

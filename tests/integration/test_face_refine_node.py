@@ -7,6 +7,7 @@ import pytest
 
 from shotline.core.characters import parse_sheet, write_character
 from shotline.core.face_embedding import load_embedder
+from shotline.core.faces import DEFAULT_DETECTOR
 from shotline.core.face_refine import FACE_LOST, FaceScorer
 from shotline.core.faces import load_detector
 from shotline_controller.settings import RANDOM_CHECKPOINT_NAME
@@ -110,7 +111,7 @@ def test_a_character_face_is_re_scored_every_cycle_and_never_made_worse(comfy, c
     if not face["refined"]:   # noise from the random checkpoint: the input comes back unchanged
         loaded = cv2.cvtColor(cv2.imread(str(comfy_server.input_dir / "rita.png")), cv2.COLOR_BGR2RGB) / 255.0
         assert np.abs(output - loaded).max() <= 1 / 255
-    assert record["settings"]["targets"] == {"Rita": 1.0} and record["backend"].startswith("mtcnn-dlib")
+    assert record["settings"]["targets"] == {"Rita": 1.0} and record["backend"].startswith(f"{DEFAULT_DETECTOR}-dlib")
     assert record["score"] == face["score_out"] and not record["passed"]   # 1.0 is out of reach
 
 

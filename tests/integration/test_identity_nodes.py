@@ -11,6 +11,7 @@ import pytest
 from shotline_controller.comfy.client import ComfyBackend
 from shotline_controller.comfy.results import collect_results, shot_status
 from shotline.core.characters import parse_sheet, write_character
+from shotline.core.faces import DEFAULT_DETECTOR
 from shotline.core.verdict_preview import FAIL_COLOUR, PASS_COLOUR, annotate, summary_line, verdict_status
 from tests.images import jpeg
 from tests.unit.test_identity import group_picture, t1_tiles
@@ -56,7 +57,8 @@ def identity_graph(image_name: str, allow_extra_faces=False) -> dict:
             "image": ["3", 0], "gallery": ["1g", 0], "gallery_2": ["2g", 0], "threshold": 0.75,
             "allow_extra_faces": allow_extra_faces, "min_pass_share": 1.0}},
         "5": {"class_type": "ShotQualityScore", "inputs": {
-            "image": ["4", 0], "min_sharpness": 20.0, "min_contrast": 0.05, "max_clipped": 0.15, "min_side": 128}},
+            "image": ["4", 0], "min_sharpness": 20.0, "min_contrast": 0.05, "max_clipped": 0.15, "min_side": 128,
+            "identity_verdict": ["4", 3]}},
         "6": {"class_type": "ShotVerdict", "inputs": {
             "image": ["5", 0], "quality_verdict": ["5", 3], "identity_verdict": ["4", 3], "approve_at": 0.8,
             "reject_below": 0.4, "identity_pass": 0.75, "golden_at": 0.85}},
@@ -80,7 +82,9 @@ def test_the_right_two_people_pass_and_the_controller_reads_it(comfy, comfy_serv
     verdicts = run_with_controller_client(comfy.url, identity_graph(save_input(comfy_server, "pair.png", frame)))
     identity = verdicts["identity"]
     assert identity["passed"], identity["reasons"]
-    assert identity["backend"].startswith("mtcnn-dlib")
+    assert identity["backend"].startswith(f"{DEFAULT_DETECTOR}-dlib")
+    [quality_image] = verdicts["quality"]["images"]
+    assert quality_image["sharpness_region"] == "faces"  # measured on the faces Identity Check found
     [frame_verdict] = identity["frames"]
     assert frame_verdict["characters"]["Chiara"]["face"] == 0 and frame_verdict["characters"]["Ben"]["face"] == 1
     assert identity["characters"]["Ben"]["score"] >= 0.75 and identity["characters"]["Ben"]["threshold"] == 0.75

@@ -140,7 +140,7 @@ def test_insightface_loader_rejects_a_model_that_is_not_a_detector(tmp_path):
 def test_face_as_dict_is_plain_json_values():
     face = Face((1.04, 2.0, 3.0, 4.0), 0.98765, np.arange(10, dtype=np.float32).reshape(5, 2))
     assert face.as_dict() == {"box": [1.0, 2.0, 3.0, 4.0], "score": 0.9877,
-                              "landmarks": [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0], [8.0, 9.0]]}
+                              "landmarks": [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0], [8.0, 9.0]], "sure": True}
 
 
 def export_scrfd_like(path: Path, hit_stride: int, hit_anchor: int, size: int = 640) -> Path:

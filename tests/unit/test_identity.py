@@ -10,7 +10,7 @@ import pytest
 
 from shotline.core.face_embedding import (AnimeEmbedder, ArcFaceEmbedder, CCIP_MEAN, CCIP_STD, align_face,
                                           load_embedder)
-from shotline.core.faces import Face, load_detector
+from shotline.core.faces import Face, box_iou, load_detector
 from shotline.core.gallery_cache import GalleryCache, backend_key, reference_embedder
 from shotline.core.identity import (CALIBRATIONS, DEFAULT_THRESHOLD, Calibration, aggregate_frames, assign_faces,
                                     calibrate, check_identity, identity_score, identity_verdict, match_gallery)
@@ -327,3 +327,43 @@ def test_per_character_thresholds_from_the_sheets():
     assert shot["characters"]["B"]["threshold"] == 0.95 and shot["characters"]["B"]["pass_share"] == 0.5
     assert shot["characters"]["A"]["passed"] and not shot["characters"]["B"]["passed"]
     assert shot["characters"]["A"]["score"] == shot["characters"]["A"]["min"]
+
+
+class ListedFaces:
+    """A detector that returns the faces it was given (pure logic test of what counts)."""
+    name = "listed"
+
+    def __init__(self, faces):
+        self.faces = faces
+
+    def detect(self, image, min_score=None):
+        return list(self.faces)
+
+
+def test_an_unsure_detection_counts_only_as_a_characters_face(dlib):
+    """MTCNN's low cuts find drawn faces and hands alike: an unsure face matching no character is dropped, not
+    a stranger; an unsure face that is a character's face counts."""
+    tiles = t1_tiles()
+    frame = group_picture(tiles[1], tiles[4])
+    ben, emi = load_detector("mtcnn").detect(frame)
+    hand = Face((5.0, 5.0, 60.0, 70.0), 0.6, None, sure=False)  # what MTCNN might see in a corner
+    verdict = check_identity(frame, galleries_for(1), ListedFaces([hand, ben]), dlib)
+    assert verdict.passed and verdict.face_count == 1 and verdict.ignored_faces == 1, verdict.reasons
+    assert verdict.faces[0]["box"] == ben.as_dict()["box"]  # the report holds what counted
+    shy_emi = Face(emi.box, 0.7, emi.landmarks, sure=False)
+    both = check_identity(frame, galleries_for(1, 4), ListedFaces([ben, shy_emi, hand]), dlib)
+    assert both.passed and both.face_count == 2 and both.ignored_faces == 1, both.reasons
+    stranger = check_identity(frame, galleries_for(1), ListedFaces([ben, emi]), dlib)  # a sure stranger stays one
+    assert not stranger.passed and stranger.reasons[-1] == "unexpected face(s): 1"
+
+
+def test_the_low_cut_detector_marks_what_plain_mtcnn_would_drop(detector):
+    low = load_detector("mtcnn_low")
+    plain = detector.detect(t1_photo())
+    found = low.detect(t1_photo())
+    sure = [face for face in found if face.sure]
+    assert len(sure) == len(plain) == 6  # the six people, sure, where plain MTCNN has them
+    assert all(box_iou(a.box, b.box) > 0.75 for a, b in zip(sure, plain))  # looser cuts move a box a little
+    assert all(face.score < 0.9 for face in found if not face.sure)
+    redhead = template_image("image_netayume_lumina_t2i-1")
+    assert [face.sure for face in low.detect(redhead)] == [True]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from shotline.core.image_quality import QualityThresholds, assess_batch, assess_image
-from tests.images import blurred, comfy_example_image, template_image
+from tests.images import blurred, comfy_example_image, t1_photo, template_image
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +112,43 @@ def test_a_blown_colour_channel_is_overexposure_even_where_luma_is_not(example):
     assert result.clipped_highlights >= 0.6
     assert any(r.startswith("overexposed") for r in result.reasons)
     assert not any(r.startswith("overexposed") for r in assess_image(example).reasons)
+
+
+def shallow_focus(picture: np.ndarray, box) -> np.ndarray:
+    """`picture` defocused (Gaussian sigma 6) everywhere but inside `box`: a portrait before a soft background."""
+    x0, y0, x1, y1 = box
+    soft = blurred(picture, 6.0)
+    soft[y0:y1, x0:x1] = picture[y0:y1, x0:x1]
+    return soft
+
+
+def test_a_sharp_subject_before_a_defocused_background_passes():
+    """The whole-frame Laplacian variance drops with the background; the subject's tiles do not."""
+    from shotline.core.image_quality import laplacian_variance, luma
+
+    example = t1_photo()
+    height, width = example.shape[:2]
+    subject = (width // 3, height // 4, width // 3 + width // 4, height // 4 + height // 3)
+    portrait = shallow_focus(example, subject)
+    verdict = assess_image(portrait)
+    assert verdict.passed, verdict.reasons
+    assert verdict.sharpness_region == "sharpest quarter"
+    assert laplacian_variance(luma(portrait)) < laplacian_variance(luma(example)) / 3  # what flagged it before
+    everywhere = assess_image(blurred(example, 6.0))  # sigma 2.8 px at the 512 px analysis size
+    assert not everywhere.passed and everywhere.sharpness < verdict.sharpness / 10
+
+
+def test_sharpness_is_taken_on_the_faces_when_they_are_given():
+    example = t1_photo()
+    height, width = example.shape[:2]
+    face = (width // 2, height // 2, width // 2 + width // 6, height // 2 + height // 6)
+    picture = example.copy()
+    x0, y0, x1, y1 = face
+    picture[y0:y1, x0:x1] = blurred(example, 4.0)[y0:y1, x0:x1]  # a smeared face in a sharp frame
+    on_frame = assess_image(picture)
+    on_face = assess_image(picture, faces=[face])
+    assert on_frame.passed and on_frame.sharpness_region == "sharpest quarter"
+    assert on_face.sharpness_region == "faces" and on_face.sharpness < on_frame.sharpness / 3
+    assert not on_face.passed and on_face.reasons[0].endswith("on the faces")
+    batch = assess_batch(np.stack([picture, picture]), faces=[[face], None])
+    assert [image["sharpness_region"] for image in batch["images"]] == ["faces", "sharpest quarter"]

@@ -108,15 +108,17 @@ def _dlib_models_dir() -> Path:
 class DlibEmbedder:
     """dlib's 128-d face ResNet (dlib_face_recognition_resnet_model_v1) with its 5-point shape predictor.
 
-    dlib's own threshold is a euclidean distance of 0.6 between its raw vectors; ours are unit-norm (raw ones have a
-    norm near 1), and `identity.CALIBRATIONS["dlib"]` was measured on the unit-norm vectors.
+    A face's vector is the mean of the face's and its mirror image's descriptors (`mirror`): on the labelled set
+    of bench/bench_verdicts.py that lifts the AUC between genuine and look-alike pairs from 0.923 to 0.933, for
+    twice dlib's time. dlib's own threshold is a euclidean distance of 0.6 between its raw vectors; ours are
+    unit-norm, and `identity.CALIBRATIONS["dlib"]` was measured on them.
     """
 
     name = "dlib"
     dim = 128
     metric = "euclidean"
 
-    def __init__(self, models_dir=None, num_jitters: int = 0):
+    def __init__(self, models_dir=None, num_jitters: int = 0, mirror: bool = True):
         import dlib
 
         folder = Path(models_dir) if models_dir else _dlib_models_dir()
@@ -127,13 +129,23 @@ class DlibEmbedder:
         self.shape_predictor = dlib.shape_predictor(str(predictor))
         self.resnet = dlib.face_recognition_model_v1(str(resnet))
         self.num_jitters = num_jitters
+        self.mirror = mirror
+        self.cache_tag = "mirror" if mirror else ""  # gallery caches of plain vectors are not reused
+
+    def descriptor(self, rgb: np.ndarray, box) -> np.ndarray:
+        """dlib's raw descriptor of the face in `box` of a uint8 RGB image."""
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        shape = self.shape_predictor(rgb, self._dlib.rectangle(x0, y0, x1, y1))
+        return np.array(self.resnet.compute_face_descriptor(rgb, shape, self.num_jitters), dtype=np.float32)
 
     def embed(self, image, face: Face, faces=None) -> np.ndarray:
         rgb = to_uint8_rgb(image)
-        x0, y0, x1, y1 = (int(round(v)) for v in face.box)
-        shape = self.shape_predictor(rgb, self._dlib.rectangle(x0, y0, x1, y1))
-        descriptor = self.resnet.compute_face_descriptor(rgb, shape, self.num_jitters)
-        return unit(np.array(descriptor, dtype=np.float32))
+        vector = self.descriptor(rgb, face.box)
+        if self.mirror:
+            x0, y0, x1, y1 = face.box
+            width = rgb.shape[1]
+            vector = vector + self.descriptor(np.ascontiguousarray(rgb[:, ::-1]), (width - x1, y0, width - x0, y1))
+        return unit(vector)
 
 
 class ArcFaceEmbedder:

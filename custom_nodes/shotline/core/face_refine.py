@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
-from .identity import DEFAULT_THRESHOLD, assign_faces, embed_faces, identity_score
+from .identity import DEFAULT_THRESHOLD, assign_faces, counted_faces, embed_faces, identity_score
 
 VAE_MULTIPLE = 8          # SD-family VAEs downscale by 8: the sampled crop's sides must divide by it
 MIN_OVERLAP = 0.3         # IoU with the original box below which a re-detected face is some other face
@@ -328,6 +328,8 @@ def faces_to_refine(image: np.ndarray, detector, embedder, galleries: dict[str, 
     except ValueError:
         faces = []
     embeddings = embed_faces(embedder, image, faces)
+    kept = counted_faces(faces, embeddings, galleries, embedder)  # an unsure detection of no character: not a face
+    faces, embeddings = [faces[i] for i in kept], [embeddings[i] for i in kept]
     assignment = assign_faces(embeddings, galleries, embedder, targets)
     owner = {match.face: name for name, match in assignment.characters.items() if match.face is not None}
     result = []

@@ -126,7 +126,7 @@ def reference_embedder(detector, embedder) -> Callable[[Path], np.ndarray | None
         faces = detector.detect(rgb)
         if not faces:
             return embedder.embed(rgb, None, faces=[]) if hasattr(embedder, "embed_all") else None
-        largest = max(faces, key=lambda face: face.width * face.height)
+        largest = max(faces, key=lambda face: (face.sure, face.width * face.height))  # a sure face first
         return embedder.embed(rgb, largest, faces=faces)
 
     return embed

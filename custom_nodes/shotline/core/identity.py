@@ -373,6 +373,7 @@ class IdentityVerdict:
     threshold: float | dict
     reasons: list[str] = field(default_factory=list)
     faces: list[dict] = field(default_factory=list)   # boxes and scores, when given
+    ignored_faces: int = 0             # unsure detections that were no character's face (`counted_faces`)
     notes: list[str] = field(default_factory=list)   # what the user should know but does not fail the frame
 
     def as_dict(self) -> dict:
@@ -421,6 +422,18 @@ def identity_verdict(face_embeddings, galleries: dict, backend, threshold: float
     )
 
 
+def counted_faces(faces, face_embeddings, galleries: dict, backend, aggregation: str | None = None) -> list[int]:
+    """The indices of the faces that count: every sure detection, and an unsure one (`Face.sure` False: a low
+    MTCNN or animeface score) only when the assignment gives it to a character. Detectors are cut low to find
+    drawn and 3D faces; what they then find on a hand or a flower matches no character and is no stranger."""
+    unsure = [index for index, face in enumerate(faces) if not getattr(face, "sure", True)]
+    if not unsure:
+        return list(range(len(faces)))
+    assigned = {match.face for match in assign_faces(face_embeddings, galleries, backend,
+                                                     aggregation=aggregation).characters.values()}
+    return [index for index in range(len(faces)) if index not in unsure or index in assigned]
+
+
 def check_identity(image, galleries: dict, detector, embedder, threshold: float | dict[str, float] = DEFAULT_THRESHOLD,
                    allow_extra_faces: bool = False, aggregation: str | None = None) -> IdentityVerdict:
     """Detect, embed and judge one float RGB image; never raises on a bad image."""
@@ -429,7 +442,11 @@ def check_identity(image, galleries: dict, detector, embedder, threshold: float 
     except ValueError:  # an image of an impossible shape: no face can be in it
         faces = []
     embeddings = embed_faces(embedder, image, faces)
-    return identity_verdict(embeddings, galleries, embedder, threshold, allow_extra_faces, faces, aggregation)
+    kept = counted_faces(faces, embeddings, galleries, embedder, aggregation)
+    verdict = identity_verdict([embeddings[i] for i in kept], galleries, embedder, threshold, allow_extra_faces,
+                               [faces[i] for i in kept], aggregation)
+    verdict.ignored_faces = len(faces) - len(kept)
+    return verdict
 
 
 def aggregate_frames(per_frame, min_pass_share: float = 1.0, threshold: float | None = None) -> dict:

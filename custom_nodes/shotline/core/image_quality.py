@@ -91,28 +91,30 @@ def laplacian_variance(grey: np.ndarray) -> float:
 
 
 def subject_sharpness(grey: np.ndarray, boxes=None) -> float:
-    """Sharpness of the subject, not of the whole frame: the mean Laplacian variance (0..255 levels, at the
-    analysis size) of the sharpest quarter of the tiles of an 8 x 8 grid, among the tiles that hold a face of
-    `boxes` (x0, y0, x1, y1 in the image's pixels) when faces are given, else among all of them.
+    """Sharpness of the subject, not of the whole frame, in 0..255 levels at the analysis size: with face
+    `boxes` (x0, y0, x1, y1 in the image's pixels), the Laplacian variance inside them (area-weighted over the
+    faces); without, the mean variance of the sharpest quarter of the tiles of an 8 x 8 grid.
 
     The whole-frame variance flags shallow-focus portraits as blurry: a sharp subject before a smooth or
     defocused background averages low. A frame blurred all over is low in every tile."""
     laplacian, scale = _analysis_laplacian(grey)
     rows, cols = laplacian.shape
+    variances, areas = [], []
+    for x0, y0, x1, y1 in boxes or ():
+        left, top = max(0, int(round(x0 * scale))), max(0, int(round(y0 * scale)))
+        right, bottom = min(cols, int(round(x1 * scale))), min(rows, int(round(y1 * scale)))
+        if (right - left) * (bottom - top) >= 16:  # a face of a few pixels says nothing
+            variances.append(float(laplacian[top:bottom, left:right].var()))
+            areas.append((right - left) * (bottom - top))
+    if variances:
+        return float(np.average(variances, weights=areas))
     grid = SHARPNESS_GRID
     edges_y = np.linspace(0, rows, grid + 1).round().astype(int)
     edges_x = np.linspace(0, cols, grid + 1).round().astype(int)
-    tiles = np.array([[laplacian[edges_y[i]:edges_y[i + 1], edges_x[j]:edges_x[j + 1]].var()
-                       if edges_y[i + 1] > edges_y[i] and edges_x[j + 1] > edges_x[j] else 0.0
-                       for j in range(grid)] for i in range(grid)])
-    chosen = []
-    for x0, y0, x1, y1 in boxes or ():
-        i0, i1 = np.searchsorted(edges_y, [y0 * scale, y1 * scale], side="right") - 1
-        j0, j1 = np.searchsorted(edges_x, [x0 * scale, x1 * scale], side="right") - 1
-        chosen += [tiles[i, j] for i in range(max(0, i0), min(grid - 1, i1) + 1)
-                   for j in range(max(0, j0), min(grid - 1, j1) + 1)]
-    ranked = np.sort(np.asarray(chosen) if chosen else tiles.reshape(-1))[::-1]
-    return float(np.mean(ranked[:max(1, ranked.size // 4)]))
+    tiles = np.sort([laplacian[edges_y[i]:edges_y[i + 1], edges_x[j]:edges_x[j + 1]].var()
+                     for i in range(grid) for j in range(grid)
+                     if edges_y[i + 1] > edges_y[i] and edges_x[j + 1] > edges_x[j]])[::-1]
+    return float(np.mean(tiles[:max(1, len(tiles) // 4)]))
 
 
 def noise_sigma(image: np.ndarray) -> float:
