@@ -140,7 +140,9 @@ class MTCNNDetector:
 
 def low_cut_mtcnn() -> MTCNNDetector:
     """MTCNN with every cut at 0.5 and unsure faces marked (see MTCNNDetector): the "mtcnn_low" kind."""
-    return MTCNNDetector(min_score=0.5, stage_thresholds=(0.5, 0.5, 0.5))
+    detector = MTCNNDetector(min_score=0.5, stage_thresholds=(0.5, 0.5, 0.5))
+    detector.name = "mtcnn_low"  # its own gallery caches and reports
+    return detector
 
 
 class InsightFaceDetector:

@@ -23,15 +23,15 @@ warning in `notes`, and a batch's verdict adds it to its reasons, so the user se
 
 How the built-in constants were derived
 ---------------------------------------
-dlib (unit-norm vectors; measured here with `bench/bench_identity.py --calibrate`, MTCNN faces):
-  genuine (same person): the six faces of InsightFace's t1.jpg against JPEG q40, mirrored and 0.6x copies,
-  0.067-0.195 (18 pairs), plus three generated pairs of one person in two pictures from ComfyUI's templates
-  (flux1_dev_uso -1/-2, image_flux2 -1/-2, flux_fill_inpaint -1/-2): 0.06, 0.23, 0.26.
-  impostor: the 15 pairs of different people in t1.jpg 0.425-0.617, Tom Hanks against those six 0.504-0.578, and
-  ten pairs of different generated women 0.390-0.527. Boundary 0.323, slope 12.0 (IDR 0.25 at the impostor mean
-  0.506). dlib's own rule "same if distance < 0.6" is on its raw vectors, whose norms we measured at 1.36-1.58: on
-  unit vectors it corresponds to about 0.41; generated faces look more alike than photos ("same face" syndrome),
-  so the measured boundary sits lower.
+dlib (unit-norm vectors of a face and its mirror image, `DlibEmbedder`; faces from DEFAULT_DETECTOR): fitted
+  with `calibrate` by bench/bench_verdicts.py on its labelled set (bench/identity_eval/: 266 pictures from
+  ComfyUI's template media and InsightFace's photos, labelled by eye): 156 genuine pairs (one character in two
+  pictures: edit inputs and outputs, frames of one clip; photo, 3D, anime, illustration) at 0.092-0.421 and 212
+  look-alike pairs (different characters of the same gender, style and hair) at 0.307-0.517 (5th-95th
+  percentiles). Boundary 0.320, slope 21.0 (IDR 0.25 at the look-alikes' mean). The earlier constants, from 21
+  genuine and 31 impostor pairs of t1.jpg and a few templates, had the same boundary (0.323) and a slope of 12
+  set by easy impostors (different people in a group photo). dlib's own rule "same if distance < 0.6" is on its
+  raw vectors and lets 55 of the 187 look-alike pairs through; generated faces look more alike than photos.
 ArcFace (w600k_r50 / buffalo_l): no weights are reachable here, so not measured. InsightFace users commonly take
   cosine 0.36 as the same-person boundary (0.28-0.4 are in use), and impostor cosines centred near 0.05 give
   slope 7.1.
@@ -133,8 +133,8 @@ def ccip_calibration(threshold: float, source: str = "") -> Calibration:
 
 
 CALIBRATIONS = {
-    "dlib": Calibration("dlib", "euclidean", boundary=0.323, slope=12.0,
-                        source="measured: t1.jpg + ComfyUI template faces, see module docstring"),
+    "dlib": Calibration("dlib", "euclidean", boundary=0.320, slope=21.0,
+                        source="measured: bench/bench_verdicts.py's labelled set, see module docstring"),
     "arcface": Calibration("arcface", "cosine", boundary=0.36, slope=7.1,
                            source="not measured: InsightFace users' usual cosine boundary"),
     "ccip": Calibration("ccip", "cosine", boundary=round(1 - 2 * CCIP_DEFAULT_THRESHOLD, 3),
