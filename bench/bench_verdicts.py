@@ -312,6 +312,7 @@ class IdentityRow:
     accepted: float          # genuine pairs at or over the pass threshold
     lookalikes_passed: tuple[int, int]
     no_face: dict            # style group -> (pairs with a face not found, pairs), genuine + look-alike
+    cross_style: tuple[int, int] = (0, 0)   # genuine pairs drawn in two styles: accepted, with faces found
 
 
 def pair_scores(pairs, score):
@@ -364,9 +365,11 @@ def run_identity(images, faces, hard, detections, embeddings, loaders, detector_
         missing = [v is None for v in g_scores + h_scores]
         no_face = {group: (sum(m for m, st in zip(missing, styles) if st == group), styles.count(group))
                    for group in STYLE_GROUPS}
+        crossed = [v for (a, b), v in zip(genuine, g_scores) if a.style != b.style and v is not None]
         rows.append(IdentityRow(name, auc(g_ok, h_ok), tpr_at_fpr(g_ok, h_ok), auc(g_ok, h_ok + s_ok),
                                 auc(g_all, h_all), float(np.mean([v >= cut for v in g_ok])) if g_ok else float("nan"),
-                                (sum(v >= cut for v in h_ok), len(h_ok)), no_face))
+                                (sum(v >= cut for v in h_ok), len(h_ok)), no_face,
+                                (sum(v >= cut for v in crossed), len(crossed))))
     print(f"\n{'pairs':<34} {'AUC':>6} {'TPR@5%':>7} {'AUC':>6} {'AUC':>6} {'accept':>7} {'look-alikes':>12}  "
           "a face not found (genuine + look-alike pairs)")
     print(f"{'(scores: IDR; baseline: -distance)':<34} {'hard':>6} {'hard':>7} {'all':>6} {'+miss':>6} {'':>7} "
@@ -376,6 +379,10 @@ def run_identity(images, faces, hard, detections, embeddings, loaders, detector_
         mark = " (baseline)" if row.name == BASELINE_DETECTOR else " (default)" if row.name == product else ""
         print(f"{(row.name + mark)[:34]:<34} {row.auc_hard:6.3f} {row.tpr_hard:7.3f} {row.auc_all:6.3f} "
               f"{row.auc_missing:6.3f} {row.accepted:7.1%} {row.lookalikes_passed[0]:>5d} of {row.lookalikes_passed[1]:<3d}  {nf}")
+    cross = [index for index, (a, b) in enumerate(genuine) if a.style != b.style]
+    print(f"one character drawn in two styles ({len(cross)} genuine pairs: photo and 3D, photo and illustration, "
+          "...): " + "; ".join(f"{row.name.split(' (')[0]} {row.cross_style[0]} of {row.cross_style[1]} accepted"
+                               for row in rows if row.cross_style[1]))
     print("hard: genuine vs look-alike pairs with a face found on both sides; all: vs every impostor pair; +miss: "
           "every labelled genuine and look-alike pair, a face not found ranked below all (a reject); accept: "
           f"genuine pairs passing (IDR >= {identity.DEFAULT_THRESHOLD:g}; baseline: distance < 0.6)")
@@ -580,12 +587,12 @@ def main(argv=None):
     print(f"set: {len(images)} pictures, {len(faces)} labelled faces ({', '.join(f'{s} {n}' for s, n in styles.items())})")
     detections = Detections(args.refresh)
     start = time.perf_counter()
+    names = list(dict.fromkeys([BASELINE_DETECTOR, *args.detectors, PRODUCT_DETECTOR]))
     if args.only in (None, "faces"):
-        run_face_count(images, detections, loaders, args.detectors)
+        run_face_count(images, detections, loaders, names)
     if args.only in (None, "identity"):
         embeddings = Embeddings(args.refresh)
         calibration = identity.get_calibration("dlib")
-        names = list(dict.fromkeys([BASELINE_DETECTOR, *args.detectors, PRODUCT_DETECTOR]))
         found, genuine, hard_pairs, _ = run_identity(images, faces, hard, detections, embeddings, loaders, names,
                                                      calibration, PRODUCT_DETECTOR)
         run_galleries(images, faces, hard, found, embeddings, loaders, PRODUCT_DETECTOR, calibration)

@@ -41,7 +41,7 @@ def test_quality_node_numbers_on_known_images(comfy, comfy_server):
         assert entry["status"]["status_str"] == "success"
         verdicts[name] = entry["outputs"]["2"]["shotline_verdict"][0]
         # the server computes exactly what the pure function computes on the same pixels
-        expected = assess_image(pixels, QualityThresholds(min_side=256))
+        expected = assess_image(pixels, QualityThresholds(min_sharpness=100.0, min_side=256))  # the graph's values
         assert verdicts[name]["images"][0]["sharpness"] == pytest.approx(expected.sharpness, rel=1e-4)
         assert verdicts[name]["score"] == pytest.approx(expected.score, abs=1e-4)
 
