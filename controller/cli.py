@@ -1,4 +1,4 @@
-"""The `shotline` command: render, serve, status, assemble, character put.
+"""The `shotline` command: render, serve, status, assemble, workflow to-api, character put.
 
 Every input is checked by the contract before any server starts (exit 2, the message names the field); a
 database, a ComfyUI or a preset that cannot be used is exit 1 with one line saying why, never a traceback.
@@ -27,10 +27,11 @@ from tqdm import tqdm
 
 from shotline_controller.api.app import create_app, load_or_create_token
 from shotline_controller.comfy.client import ComfyBackend, ComfyUnavailable
-from shotline_controller.comfy.presets import PresetError
+from shotline_controller.comfy.presets import PresetError, SetError, is_editor_format
+from shotline_controller.comfy.queued_graph import api_graph
 from shotline_controller.comfy.results import RenderError
 from shotline_controller.comfy.server import ComfyStartError, ComfySupervisor, LocalComfyServer
-from shotline_controller.contract import AssemblyRequest, InputError, validated
+from shotline_controller.contract import AssemblyRequest, InputError, Shot, validated
 from shotline_controller.embedded_postgres import EmbeddedPostgres, EmbeddedPostgresError
 from shotline_controller.media.assembly import AssemblyError
 from shotline_controller.media.assembly_jobs import (
@@ -172,7 +173,9 @@ def character_story(shot: dict) -> list[str]:
 
 
 def used_random_checkpoint(shot: dict) -> bool:
-    return any(is_random_checkpoint((attempt["inputs"] or {}).get("Checkpoint.ckpt_name")) for attempt in shot["attempts"])
+    return any(is_random_checkpoint(value) for attempt in shot["attempts"]  # titled, or named by `set`
+               for key, value in (attempt["inputs"] or {}).items()
+               if key.endswith(".ckpt_name") and isinstance(value, str))
 
 
 RANDOM_CHECKPOINT_NOTE = ("The random test checkpoint draws noise, not faces: a face it generates or re-samples cannot "
@@ -219,6 +222,8 @@ async def render_command(args) -> int:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)))
         backend = ComfyBackend(url, session)
         await backend.start()  # an unreachable server fails here, before anything is queued
+        # again with the server's /object_info: editor-format presets converted, `set` checked by type and range
+        await asyncio.to_thread(check_presets, shot_list, await backend.object_info())
         uploads, store = UploadStore(pool), ShotStore(pool)
 
         async def media(name: str, field: str) -> str:
@@ -540,6 +545,16 @@ def parser() -> argparse.ArgumentParser:
     assemble.add_argument("--output", type=Path, metavar="DIR",
                           help="where scene MP4s go, in a folder per batch (default: SHOTLINE_ASSEMBLIES or "
                                "<state>/assemblies)")
+    workflow = commands.add_parser("workflow", help="workflow files as the controller sees them")
+    workflow_commands = workflow.add_subparsers(dest="workflow_command", required=True)
+    to_api = workflow_commands.add_parser(
+        "to-api", help="print the API graph the controller would queue for a workflow (editor or API format)")
+    to_api.add_argument("file", metavar="FILE|-", help="the workflow JSON; - reads stdin")
+    to_api.add_argument("--comfy", metavar="URL", help="convert and check against this server's /object_info "
+                                                       "(default: the local ComfyUI, started for an editor file)")
+    to_api.add_argument("--shot", type=Path, metavar="LIST", help="fill it with a shot of this shot list (YAML or "
+                                                                 "JSON), as a render would")
+    to_api.add_argument("--id", metavar="KEY", help="which shot of --shot (default: the first)")
     character = commands.add_parser("character", help="manage the character library")
     character_commands = character.add_subparsers(dest="character_command", required=True)
     put = character_commands.add_parser("put", help="create or update a character: sheet + reference images")
@@ -549,6 +564,58 @@ def parser() -> argparse.ArgumentParser:
     put.add_argument("--library", type=Path, help="library folder (default: SHOTLINE_CHARACTER_LIBRARY, else "
                                                   "ComfyUI's models/shotline_characters)")
     return parser
+
+
+# --- workflow to-api ------------------------------------------------------------------------------------------
+
+async def fetch_object_info(url: str) -> dict:
+    """The server's /object_info (ComfyUnavailable, one line, when it cannot be read)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120, sock_connect=10)) as session:
+        return await ComfyBackend(url, session).object_info()
+
+
+async def workflow_object_info(args, data) -> dict | None:
+    """The /object_info to convert and check against: --comfy URL's, else for an editor-format file the local
+    ComfyUI's, started for the purpose; None for an API graph (a shot's `set` is then checked against the graph)."""
+    if args.comfy:
+        return await fetch_object_info(args.comfy)
+    if not is_editor_format(data):
+        return None
+    supervisor = local_comfy(load_settings())
+    print(f"starting ComfyUI from {supervisor.server.comfyui_dir} for its /object_info ...", file=sys.stderr,
+          flush=True)
+    async with _supervised(supervisor):
+        return await fetch_object_info(supervisor.url)
+
+
+async def workflow_to_api_command(args) -> int:
+    """Print the API graph the controller would queue for FILE (or stdin), filled with a shot when --shot names a
+    shot list; which nodes the shot fills, and any problem, go to stderr."""
+    name = "stdin" if args.file == "-" else Path(args.file).name
+    try:
+        text = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as error:
+        raise InputError("file", f"cannot read {args.file}: {error.strerror}") from None
+    data = parse_text(text, as_yaml=False, field="file")
+    shot = None
+    if args.shot:
+        shot_list = read_shot_list(args.shot)
+        chosen = [s for s in shot_list.shots if args.id in (None, s.id)]
+        if not chosen:
+            raise InputError("id", f"no shot {args.id!r} in {args.shot} (it has: "
+                                   f"{', '.join(s.id for s in shot_list.shots[:20])})")
+        shot = Shot.from_input(chosen[0].model_copy(update={"image": None}), image=None)
+    object_info = await workflow_object_info(args, data)
+    try:
+        graph, _, notes = api_graph(data, name.removesuffix(".json"), object_info, shot,
+                                    image_name=chosen[0].image if shot else None)
+    except SetError as error:
+        raise InputError(f"set.{error.key}", str(error)) from None
+    for note in notes:
+        print(note, file=sys.stderr)
+    json.dump(graph, sys.stdout, indent=2)
+    print()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -563,12 +630,15 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(status_command(args))
         if args.command == "assemble":
             return asyncio.run(assemble_command(args))
+        if args.command == "workflow":
+            return asyncio.run(workflow_to_api_command(args))
         if args.server:
             read_shot_list(args.file)  # the same checks before anything is sent
             return asyncio.run(render_on_server(args, args.file.read_bytes()))
         return asyncio.run(render_command(args))
     except InputError as error:
-        where = f"{args.file}: " if getattr(args, "file", None) else ""
+        where = f"{args.shot if error.field.startswith('shots[') and getattr(args, 'shot', None) else args.file}: " \
+            if getattr(args, "file", None) else ""
         print(f"error: {where}{error}", file=sys.stderr)
         return 2
     except CharacterSheetError as error:

@@ -14,6 +14,7 @@ folder instead; the CLI stores that file as an upload, so any controller on any 
 """
 from __future__ import annotations
 
+import math
 import re
 import uuid
 import zlib
@@ -42,7 +43,7 @@ MAX_SHOTS = 10_000
 MAX_SEED = 2**64 - 1                # KSampler's limit
 MAX_FRAMES = 1024
 MAX_DIALOGUE = 2000                 # characters: one line of dialogue, not a script
-PRESET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+PRESET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # dots: official templates (wan2.1_...)
 MEDIA_REF_PATTERN = r"^sha256:[0-9a-f]{64}$"
 _MEDIA_REF = re.compile(MEDIA_REF_PATTERN[1:-1])
 
@@ -89,7 +90,7 @@ class Strict(BaseModel):
 def _preset_name(value: str) -> str:
     check_text(value, multiline=False)
     if not re.fullmatch(PRESET_PATTERN[1:-1], value):
-        raise ValueError("must be a preset name: letters, digits, '_' or '-', at most 64")
+        raise ValueError("must be a preset name: a letter or digit, then letters, digits, '.', '_' or '-', at most 64")
     return value
 
 
@@ -167,6 +168,39 @@ RefineSize = Annotated[int, Field(ge=64, le=4096, multiple_of=8, description="Fa
                                                                          "long side a face crop is sampled at")]
 MinSide = Annotated[int, Field(ge=16, le=8192, description="the shortest side the Quality check asks for (the "
                                                            "preset's when absent; previews and tests go lower)")]
+MAX_SET = 64                        # `set` entries per shot
+SET_KEY_PATTERN = r"^[^.\x00-\x1f][^\x00-\x1f]{0,190}\.[A-Za-z_][A-Za-z0-9_]{0,63}$"
+
+
+def _set_key(value: str) -> str:
+    check_text(value, multiline=False)
+    if not re.fullmatch(SET_KEY_PATTERN[1:-1], value) or not value.rpartition(".")[0].strip():
+        raise ValueError("must be '<node title or id>.<input>', e.g. 'KSampler.steps' or '3.seed'")
+    return value
+
+
+SetKey = Annotated[str, AfterValidator(_set_key),
+                   WithJsonSchema({"type": "string", "pattern": SET_KEY_PATTERN,
+                                   "description": "<node title or id>.<input>"})]
+def _set_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    if isinstance(value, str):
+        if len(value) > MAX_SET_TEXT:
+            raise ValueError(f"must be at most {MAX_SET_TEXT} characters")
+        return check_text(value)
+    if not isinstance(value, (bool, int, float)):
+        raise ValueError("must be text, a number or true/false")
+    return value
+
+
+MAX_SET_TEXT = 20_000
+SetValue = Annotated[Any, AfterValidator(_set_value),
+                     WithJsonSchema({"type": ["string", "integer", "number", "boolean"]})]
+Overrides = Annotated[dict[SetKey, SetValue], Field(
+    min_length=1, max_length=MAX_SET,
+    description="inputs set after the shot's own fields: {'<node title or id>.<input>': value}, checked against "
+                "the server's /object_info (type, range, options) before the shot is queued")]
 Dialogue = Annotated[RequiredText, Field(max_length=MAX_DIALOGUE),
                      WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_DIALOGUE,
                                      "description": "dialogue presets: the line spoken"})]
@@ -203,6 +237,7 @@ class ShotDefaults(CharacterFields):
     frames: Frames | None = None
     fps: Fps | None = None
     dialogue: Dialogue | None = None
+    set: Overrides | None = None
 
 
 class ShotInput(ShotDefaults):
@@ -231,6 +266,7 @@ class Shot(CharacterFields):
     frames: Frames | None = None
     fps: Fps | None = None
     dialogue: Dialogue | None = None
+    set: Overrides | None = None
 
     @classmethod
     def from_input(cls, shot: ShotInput, image: str | None = None) -> "Shot":
@@ -248,13 +284,21 @@ class Shot(CharacterFields):
         return self.model_dump(exclude_none=True)
 
 
+def _with_defaults(defaults: dict, shot: dict) -> dict:
+    """A shot's fields over the defaults; `set` entries merge key by key (the shot's win)."""
+    merged = {**defaults, **shot}
+    if isinstance(defaults.get("set"), dict) and isinstance(shot.get("set"), dict):
+        merged["set"] = {**defaults["set"], **shot["set"]}
+    return merged
+
+
 def _merge_defaults(data: Any) -> Any:
     """`defaults` merged under every shot, before either is validated."""
     if isinstance(data, list):
         data = {"shots": data}
     if isinstance(data, dict) and isinstance(data.get("defaults"), dict) and isinstance(data.get("shots"), list):
         defaults = {key: value for key, value in data["defaults"].items() if key != "id"}
-        data = {**data, "shots": [{**defaults, **shot} if isinstance(shot, dict) else shot
+        data = {**data, "shots": [_with_defaults(defaults, shot) if isinstance(shot, dict) else shot
                                   for shot in data["shots"]]}
     return data
 

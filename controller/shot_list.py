@@ -20,6 +20,9 @@
         characters: [aiko, kairo]   # optional, character presets (shot_character): 1-4 library folders, in
                                     #   the order the prompt introduces them
         identity_threshold: 0.7     # optional: the identity score each character needs in this shot
+        set: {"KSampler.sampler_name": "euler", "4.ckpt_name": "sd15.safetensors"}
+                                    # optional: inputs of the graph set after the shot's fields,
+                                    #   "<node title or id>.<input>": value (checked before queueing)
 
 The fields are defined once, in contract.py. Here: reading a file (size-capped, parsed like an API body), the
 media a shot names (only from allowed places: the list's folder for the CLI, uploads for the API), and the
@@ -33,7 +36,13 @@ from typing import Awaitable, Callable
 
 from shotline.core.characters import SHEET_FILE, CharacterSheetError, find_characters, load_character
 
-from shotline_controller.comfy.presets import PresetError, check_character_slots, fill_preset, load_preset
+from shotline_controller.comfy.presets import (
+    PresetError,
+    SetError,
+    check_character_slots,
+    fill_preset,
+    load_preset,
+)
 from shotline_controller.contract import DEFAULT_WORKFLOW, InputError, Shot, ShotList, is_media_ref, parse_shot_list
 from shotline_controller.media.sniff import sniff
 from shotline_controller.parsing import parse_text
@@ -56,27 +65,31 @@ def read_shot_list(path: Path) -> ShotList:
     return parse_shot_list(parse_text(text, as_yaml=path.suffix.lower() != ".json", field="file"))
 
 
-def check_presets(shot_list: ShotList) -> None:
+def check_presets(shot_list: ShotList, object_info: dict | None = None) -> None:
     """Every preset the shots name exists and has a node for every field they set and a slot for each character
-    they name (PresetError's text names no server path). An API-format preset is filled once per distinct set of
-    fields, as a dry run; an editor-format one is checked by its titles when it is converted, before it runs."""
+    they name (PresetError's text names no server path). An API-format preset (or, with a server's
+    `object_info`, an editor-format one) is filled once per distinct set of fields and `set` entries, as a dry
+    run: a `set` entry is checked against `object_info` when given (type, range, options), else against the
+    graph (its node and input exist); an editor-format one is otherwise checked when it is converted."""
     presets: dict[str, dict] = {}
     tried: set[tuple] = set()
     for index, shot in enumerate(shot_list.shots):
         workflow = shot.workflow or DEFAULT_WORKFLOW
         try:
             if workflow not in presets:
-                presets[workflow] = load_preset(workflow)
+                presets[workflow] = load_preset(workflow, object_info)
             graph = presets[workflow]
             if shot.characters:
                 check_character_slots(workflow, graph, len(shot.characters))
             # the image is left out: where it may come from is checked with the media (shots[i].image)
             shape = (workflow, tuple(name for name, value in shot if value is not None and name != "image"),
-                     len(shot.characters or ()))
+                     len(shot.characters or ()), tuple(sorted((shot.set or {}).items(), key=repr)))
             if shape not in tried and all("class_type" in node for node in graph.values()):
                 fill_preset(graph, Shot.from_input(shot.model_copy(update={"image": None})), checkpoint="checkpoint",
-                            filename_prefix="check")
+                            filename_prefix="check", object_info=object_info)
             tried.add(shape)
+        except SetError as error:
+            raise InputError(f"shots[{index}].set.{error.key}", str(error)) from None
         except PresetError as error:
             raise InputError(f"shots[{index}].workflow", str(error)) from None
 

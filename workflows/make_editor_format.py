@@ -5,17 +5,24 @@
 The usual direction is the other one (tune in the editor, export); this tool exists so a preset written as an
 API graph gets its editor twin. Widget values follow the server's /object_info input order, nodes are placed in
 columns by their depth in the graph, each below the one before with room for its title bar and its full size
-(estimated from its title, slots and widgets, never less than the frontend draws it). The tests check that converting
-the result back (comfy-cli's converter) gives the API file exactly, and tests/integration/test_editor_browser.py
-that no two nodes overlap in the real editor.
+(estimated from its title, slots and widgets, never less than the frontend draws it), spaced for the larger size
+the editor's Nodes 2.0 renderer gives it. The tests check that converting the result back (comfy-cli's converter)
+gives the API file exactly, that no two node boxes overlap in the file (tests/unit/test_editor_layout.py) and in
+the real editor (tests/integration/test_editor_browser.py).
 """
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import sys
 import urllib.request
 
 NODE_WIDTH, COLUMN_GAP, ROW_GAP = 320, 60, 40
+# The editor's "Nodes 2.0" (Vue) renderer draws the same node larger than LiteGraph does: 1.2x as wide and, measured
+# on the presets in frontend 1.32.9, up to 1.53x as tall (Quality: 214 -> 290 px). Nodes are spaced for that size,
+# so a preset stays clear in either renderer; `size` stays the LiteGraph one, which the editor grows from.
+VUE_WIDTH_FACTOR, VUE_HEIGHT_FACTOR = 1.2, 1.6
 # LiteGraph's measures (frontend 1.32): the title bar is drawn above a node's pos; a slot row is 20 px, a widget
 # 24 px, a multiline text box at least 62 px; an upload widget's image preview makes the node about this much taller
 TITLE_HEIGHT, SLOT_HEIGHT, WIDGET_HEIGHT, MULTILINE_HEIGHT, PREVIEW_HEIGHT, NODE_PADDING = 30, 20, 24, 64, 240, 14
@@ -89,7 +96,8 @@ def editor_from_api(graph: dict, object_info: dict) -> dict:
     lefts, left = {}, 40  # each column as wide as its widest node
     for column in range(max(depths.values()) + 1):
         lefts[column] = left
-        left += max(width for node_id, width in widths.items() if depths[node_id] == column) + COLUMN_GAP
+        widest = max(width for node_id, width in widths.items() if depths[node_id] == column)
+        left += math.ceil(widest * VUE_WIDTH_FACTOR) + COLUMN_GAP
     next_top: dict[int, int] = {}  # column -> where the next node's title bar may start
     nodes, links = [], []
     outputs: dict[tuple[str, int], list[int]] = {}
@@ -125,7 +133,7 @@ def editor_from_api(graph: dict, object_info: dict) -> dict:
                         for slot, (name, kind) in enumerate(zip(schema["output_name"], schema["output"]))]
         column = depths[node_id]
         top, height = next_top.get(column, 30), node_height(schema)
-        next_top[column] = top + TITLE_HEIGHT + height + ROW_GAP
+        next_top[column] = top + TITLE_HEIGHT + math.ceil(height * VUE_HEIGHT_FACTOR) + ROW_GAP
         nodes.append({
             "id": int(node_id), "type": node["class_type"], "title": node.get("_meta", {}).get("title"),
             "pos": [lefts[column], top + TITLE_HEIGHT],
@@ -135,6 +143,20 @@ def editor_from_api(graph: dict, object_info: dict) -> dict:
         })
     return {"last_node_id": max(int(n) for n in graph), "last_link_id": len(links), "nodes": nodes,
             "links": links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+def node_box(node: dict, title_height: float = TITLE_HEIGHT) -> tuple[float, float, float, float]:
+    """left, top, right, bottom of a node as drawn: its title bar sits above pos, its body is `size` below it."""
+    (left, top), (width, height) = node["pos"], node["size"]
+    return left, top - title_height, left + width, top + height
+
+
+def overlaps(nodes: list[dict], title_height: float = TITLE_HEIGHT) -> list[str]:
+    """Pairs of nodes (editor-format entries, or the editor's own) whose boxes share area; touching edges is fine."""
+    boxes = {f"{n['id']} {n['type']}": node_box(n, title_height) for n in nodes}
+    return [f"{a} {boxes[a]} and {b} {boxes[b]}" for a, b in itertools.combinations(boxes, 2)
+            if min(boxes[a][2], boxes[b][2]) > max(boxes[a][0], boxes[b][0])
+            and min(boxes[a][3], boxes[b][3]) > max(boxes[a][1], boxes[b][1])]
 
 
 def main() -> int:

@@ -5,7 +5,7 @@ import asyncio
 
 from aiohttp import web
 
-from shotline_controller.api.keys import METRICS, NOTIFICATIONS, POOL, SETTINGS, STREAMS, WEBHOOKS
+from shotline_controller.api.keys import BACKENDS, METRICS, NOTIFICATIONS, POOL, SETTINGS, STREAMS, WEBHOOKS
 from shotline_controller.api.requests import (
     DATABASE_TROUBLE,
     ApiError,
@@ -16,6 +16,7 @@ from shotline_controller.api.requests import (
     path_uuid,
     read_multipart,
 )
+from shotline_controller.comfy.client import ComfyUnavailable
 from shotline_controller.contract import (
     Batch,
     BatchCancelled,
@@ -80,10 +81,24 @@ def _media(request: web.Request, files: Multipart | None):
     return resolve
 
 
+async def _object_info(request: web.Request, batch: BatchRequest) -> dict | None:
+    """A connected backend's /object_info, for a batch whose shots use `set` (its entries are checked by type,
+    range and options before anything is queued); None when no shot does or no backend answers."""
+    if not any(shot.set for shot in batch.shots):
+        return None
+    for backend in request.app[BACKENDS]:
+        if getattr(backend, "connected", False):
+            try:
+                return await backend.object_info()
+            except ComfyUnavailable:  # a backend that fails now: the next, else the structural check
+                continue
+    return None
+
+
 async def submit_batch(request: web.Request) -> web.Response:
     data, files = await _shot_list_and_files(request)
     batch = await asyncio.to_thread(parse_shot_list, data, BatchRequest)
-    await asyncio.to_thread(check_presets, batch)
+    await asyncio.to_thread(check_presets, batch, await _object_info(request, batch))
     await asyncio.to_thread(check_characters, batch, request.app[SETTINGS].character_library_if_any)
     if batch.webhook_url is not None:
         try:

@@ -43,7 +43,7 @@ from shotline_controller.comfy.presets import (
     fill_preset,
     find_preset,
     load_preset,
-    nodes_titled,
+    shot_targets,
 )
 from shotline_controller.comfy.results import (
     RenderError,
@@ -264,7 +264,7 @@ class Dispatcher:
             preset = await self._preset(shot.workflow, backend, object_info)
             checkpoint = choose_checkpoint(params, combo_options(object_info, "CheckpointLoaderSimple", "ckpt_name"))
             image_name = await self._input_image(backend, params.image) if params.image else None
-            graph, inputs = fill_preset(preset, params, checkpoint, image_name=image_name,
+            graph, inputs = fill_preset(preset, params, checkpoint, image_name=image_name, object_info=object_info,
                                         filename_prefix=f"shotline/{str(shot.batch_id)[:8]}/{shot.shot_key}")
         except (PresetError, RenderError, InputError, ValueError, OSError) as error:
             # a shot this controller cannot build: record why, never loop on it
@@ -366,7 +366,7 @@ class Dispatcher:
             log.warning("%s: cannot read its characters (%s)", shot.shot_key, error)
             characters = []
         return CorrectionContext(has_loras=any(c.sheet.loras for c in characters),
-                                 has_input_image=bool(cached and nodes_titled(cached[1], "Input Image")),
+                                 has_input_image=bool(cached and "Input Image" in shot_targets(cached[1])[0]),
                                  fields=accepted_fields(cached[1]) if cached else None)
 
     async def _with_reference_image(self, correction: dict) -> dict:

@@ -9,7 +9,7 @@ from . import model_folders
 from .core.frame_interpolation import (DEFAULT_FLOW_DETAIL, ENGINES, FLOW_DETAIL, MULTIPLIERS, assemble,
                                        choose_engine, generated_jobs, interpolate_flow, interpolate_rife,
                                        list_rife_folders, plan_frames)
-from .core.ncnn_device import DEVICE_CHOICES, resolve_gpuid
+from .core.ncnn_device import available_device_choices, cached_device_count, device_problem, resolve_gpuid
 
 NONE = "none"
 MODES = (*MULTIPLIERS, "target_fps")
@@ -57,9 +57,10 @@ class InterpolateFrames(io.ComfyNode):
                                tooltip="A folder in models/rife from rife-ncnn-vulkan's model downloads, keeping "
                                        "its name (rife-v4.6, rife-v4.26, ...): flownet.param + flownet.bin. v4 "
                                        "models take any time step."),
-                io.Combo.Input("device", options=list(DEVICE_CHOICES), default="cpu",
+                io.Combo.Input("device", options=list(available_device_choices()), default="cpu",
                                tooltip="For RIFE: cpu; auto: Vulkan GPU 0 when it passes a test run, else the CPU; "
-                                       "vulkan:N: that GPU or an error. Optical flow always runs on the CPU."),
+                                       "vulkan:N (only the Vulkan devices found on this machine are listed): that "
+                                       "GPU or an error. Optical flow always runs on the CPU."),
                 io.Combo.Input("flow_detail", options=list(FLOW_DETAIL), default=DEFAULT_FLOW_DETAIL,
                                tooltip="Optical flow effort: fast (DIS FAST), medium (DIS MEDIUM without "
                                        "variational refinement: the default), fine (DIS MEDIUM as OpenCV ships "
@@ -75,9 +76,11 @@ class InterpolateFrames(io.ComfyNode):
     def validate_inputs(cls, mode, engine, rife_model, device, flow_detail) -> bool | str:
         # ComfyUI 0.3.75 does not check V3 combo values against their options, so the node does
         for name, value, options in (("mode", mode, MODES), ("engine", engine, ENGINES),
-                                     ("device", device, DEVICE_CHOICES), ("flow_detail", flow_detail, FLOW_DETAIL)):
+                                     ("flow_detail", flow_detail, FLOW_DETAIL)):
             if value is not None and value not in options:
                 return f"unknown {name} {value!r}; choose one of {', '.join(options)}"
+        if device is not None and (problem := device_problem(device, cached_device_count())):
+            return problem
         if rife_model is not None and rife_model != NONE and rife_model not in rife_folders():
             roots = ", ".join(model_folders.folders(model_folders.RIFE))
             return f"RIFE model folder {rife_model!r} not found in {roots}"

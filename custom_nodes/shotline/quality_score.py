@@ -15,7 +15,7 @@ class ShotQualityScore(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ShotQualityScore",
-            display_name="Shot Quality Score",
+            display_name="Shot Quality Score (Shotline)",
             category="Shotline/checks",
             description="Scores each image of the batch for sharpness, contrast, exposure clipping, noise and "
                         "resolution. "
@@ -32,7 +32,8 @@ class ShotQualityScore(io.ComfyNode):
                                tooltip="Minimum RMS contrast: standard deviation of luma in 0..1."),
                 io.Float.Input("max_clipped", default=DEFAULTS.max_clipped, min=0.001, max=1.0, step=0.01,
                                tooltip="Largest share of pixels crushed to black, or blown to white, allowed."),
-                io.Int.Input("min_side", default=DEFAULTS.min_side, min=1, max=16384, step=8,
+                # step 1: the editor snaps an INT to min + k * step, and a shot's own size (e.g. 75 px) is kept
+                io.Int.Input("min_side", default=DEFAULTS.min_side, min=1, max=16384, step=1,
                              tooltip="Shortest side in pixels an image must have. The controller sets it to the "
                                      "shot's own size unless the shot names min_side."),
                 io.Float.Input("max_noise", default=DEFAULTS.max_noise, min=0.1, max=255.0, step=0.5, optional=True,

@@ -28,7 +28,7 @@ class ShotVerdict(io.ComfyNode):
             return io.Float.Input(name, default=default, min=0.0, max=1.0, step=0.01, tooltip=tooltip)
         return io.Schema(
             node_id="ShotVerdict",
-            display_name="Shot Verdict",
+            display_name="Shot Verdict (Shotline)",
             category="Shotline/checks",
             description="Combines the check verdicts into a band: approve, review or reject. Weights: identity "
                         "0.6, quality 0.4, temporal 0.2, over the checks connected.",

@@ -7,7 +7,7 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from .core.ncnn_device import DEVICE_CHOICES, resolve_gpuid
+from .core.ncnn_device import available_device_choices, cached_device_count, device_problem, resolve_gpuid
 from .core.upscale import DEFAULT_MODEL, MIN_TILE, MODELS, upscale_frames
 
 MAX_TILE = 4096
@@ -30,9 +30,10 @@ class Upscale(io.ComfyNode):
                                tooltip="realesr-animevideov3-x2/x3/x4: small and fast, made for anime video "
                                        "frames. realesrgan-x4plus-anime: sharper anime stills, about 10x slower. "
                                        "realesrgan-x4plus: photos and realistic renders."),
-                io.Combo.Input("device", options=list(DEVICE_CHOICES), default="cpu",
+                io.Combo.Input("device", options=list(available_device_choices()), default="cpu",
                                tooltip="cpu; auto: Vulkan GPU 0 when it passes a test run, else the CPU (logged); "
-                                       "vulkan:N: that GPU or an error."),
+                                       "vulkan:N: that GPU or an error. Only the Vulkan devices found on this "
+                                       "machine are listed."),
                 io.Int.Input("tile_size", default=0, min=0, max=MAX_TILE, step=8,
                              tooltip=f"Frames are processed in square tiles of this many pixels (0 = auto: 512 "
                                      f"for animevideov3 and 256 for x4plus on the CPU, 200 on a GPU). Lower it if "
@@ -53,8 +54,8 @@ class Upscale(io.ComfyNode):
         # ComfyUI 0.3.75 checks neither V3 combo options nor the range of inputs named here, so the node does
         if model not in MODELS:
             return f"unknown model {model!r}; choose one of {', '.join(MODELS)}"
-        if device not in DEVICE_CHOICES:
-            return f"unknown device {device!r}; choose one of {', '.join(DEVICE_CHOICES)}"
+        if device is not None and (problem := device_problem(device, cached_device_count())):
+            return problem
         if tile_size is not None and tile_size != 0 and not MIN_TILE <= tile_size <= MAX_TILE:
             return f"tile_size must be 0 (auto) or {MIN_TILE}..{MAX_TILE}, got {tile_size}"
         if cpu_processes is not None and not 0 <= cpu_processes <= MAX_PROCESSES:

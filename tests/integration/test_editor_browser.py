@@ -7,7 +7,6 @@ needed. Screenshots go to pytest's temp folder; their paths are printed (`-s` sh
 """
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from pathlib import Path
@@ -20,13 +19,14 @@ from shotline_controller.settings import PROJECT_ROOT
 from tests.images import jpeg, save_png
 from tests.integration.test_identity_nodes import png_bytes
 from tests.unit.test_identity import t1_tiles
-from workflows.make_editor_format import editor_from_api, node_height, node_width
+from workflows.make_editor_format import editor_from_api, node_height, node_width, overlaps
 
 pytestmark = pytest.mark.integration
 
 CHROMIUM = Path("/usr/bin/chromium")
 INSTALL_CHROMIUM = "apt-get install -y chromium"
 EDITOR_PRESETS = sorted((PROJECT_ROOT / "workflows").glob("*.json"))
+API_PRESETS = sorted((PROJECT_ROOT / "workflows" / "api").glob("*.json"))
 MISSING_NODES_DIALOG = '.p-dialog[aria-labelledby="global-missing-nodes"]'
 # The page reads these instead of the server's user settings: no first-run templates dialog over the canvas, the
 # missing-nodes warning on whatever the user chose, node details drawn even when a wide graph is zoomed out.
@@ -37,6 +37,10 @@ APP_READY = "() => window.app?.graph && Object.keys(window.LiteGraph?.registered
 NODES = """() => app.graph._nodes.map(n => ({id: n.id, type: n.type, pos: [...n.pos], size: [...n.size],
                                           registered: n.type in LiteGraph.registered_node_types}))"""
 TITLE_HEIGHT = "() => LiteGraph.NODE_TITLE_HEIGHT"
+WIDGET_VALUES = """() => Object.fromEntries(app.graph._nodes.map(n => [String(n.id),
+                     Object.fromEntries((n.widgets ?? []).map(w => [w.name, w.value]))]))"""
+SEARCH_INPUT = ".comfy-vue-node-search-container input"
+SEARCH_RESULT = ".comfy-vue-node-search-container .option-display-name"
 NEXT_FRAMES = "() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))"
 
 
@@ -82,15 +86,6 @@ def load_workflow(page, workflow: dict) -> None:
     page.evaluate(NEXT_FRAMES)  # the frontend sizes nodes and opens its dialogs on the next frames
 
 
-def overlaps(nodes: list[dict], title_height: float) -> list[str]:
-    """Pairs of nodes whose boxes (the title bar above pos included) share area; touching edges is fine."""
-    boxes = {f"{n['id']} {n['type']}": (n["pos"][0], n["pos"][1] - title_height,
-                                        n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1]) for n in nodes}
-    return [f"{a} {boxes[a]} and {b} {boxes[b]}" for a, b in itertools.combinations(boxes, 2)
-            if min(boxes[a][2], boxes[b][2]) > max(boxes[a][0], boxes[b][0])
-            and min(boxes[a][3], boxes[b][3]) > max(boxes[a][1], boxes[b][1])]
-
-
 @pytest.fixture(scope="module")
 def editor(browser, comfy_server):
     page = open_editor(browser, comfy_server.url)
@@ -111,6 +106,50 @@ def test_preset_loads_in_the_editor_with_known_nodes_apart(editor, preset, tmp_p
     assert [n["type"] for n in nodes if not n["registered"]] == []
     assert len(nodes) == len(json.loads(preset.read_text())["nodes"])
     assert overlaps(nodes, editor.evaluate(TITLE_HEIGHT)) == []
+
+
+@pytest.mark.parametrize("preset", API_PRESETS, ids=lambda path: path.stem)
+def test_api_preset_keeps_its_values_in_the_editor(editor, preset):
+    """Loaded as an API graph (the editor's own loader sets each widget through its callback, which snaps numbers
+    to the widget's step), every widget holds the value the file gives it: no 512 read back as 513."""
+    graph = json.loads(preset.read_text())
+    editor.evaluate("async graph => { await app.loadApiJson(graph, 'preset.json') }", graph)
+    editor.evaluate(NEXT_FRAMES)
+    values = editor.evaluate(WIDGET_VALUES)
+    expected = {node_id: {name: value for name, value in node["inputs"].items() if not isinstance(value, list)}
+                for node_id, node in graph.items()}
+    changed = {f"{node_id}.{name}": (value, values[node_id].get(name)) for node_id, inputs in expected.items()
+               for name, value in inputs.items() if name in values[node_id] and values[node_id][name] != value}
+    assert changed == {}
+    assert sum(len(inputs) for inputs in expected.values()) > len(graph)  # widgets were compared
+
+
+def test_searching_shotline_finds_every_shotline_node(editor, comfy):
+    """The editor's node search box (the one a double click on the canvas opens), typed into as a person does. In
+    frontend 1.32.9 it matches a node's id and display name only, so ShotQualityScore and ShotVerdict carry
+    "(Shotline)" in theirs."""
+    object_info = comfy.get("/object_info")
+    shotline = {info["display_name"] for info in object_info.values() if "shotline" in info["python_module"].lower()}
+    load_workflow(editor, json.loads(EDITOR_PRESETS[0].read_text()))
+    editor.evaluate("() => app.graph.clear()")
+    editor.evaluate("async () => { await app.extensionManager.command.execute('Workspace.SearchBox.Toggle') }")
+    search = editor.locator(SEARCH_INPUT)
+    search.wait_for(timeout=10_000)
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout  # the browser fixture says when it is missing
+    settled = f"""() => [...document.querySelectorAll('{SEARCH_RESULT}')]
+                       .filter(e => e.innerText.includes('Shotline')).length >= {len(shotline)}"""
+    for _ in range(3):  # a box just opened may still reset its query once: type again until the list follows it
+        search.fill("")
+        search.press_sequentially("shotline")
+        try:
+            editor.wait_for_function(settled, timeout=5_000)
+            break
+        except PlaywrightTimeout:
+            pass  # the assertion below names what is missing
+    found = {text.split("\n")[0].strip() for text in editor.locator(SEARCH_RESULT).all_inner_texts()}  # name, category
+    editor.keyboard.press("Escape")
+    assert len(shotline) >= 16
+    assert shotline - found == set(), found
 
 
 def test_the_editor_checks_see_a_missing_node_and_an_overlap(editor):

@@ -1,3 +1,6 @@
+import json
+import os
+
 import pytest
 
 from shotline_controller.comfy.presets import PresetError, fill_preset, load_preset
@@ -130,3 +133,110 @@ def test_quality_min_side_follows_the_size_the_shot_asks_for():
     graph, filled = fill_preset(repair, shot(size="128x192", image="sha256:" + "0" * 64), checkpoint="m.safetensors",
                                 filename_prefix="p", image_name="in.png")
     assert quality(graph)["min_side"] == 128
+
+
+# --- naming and precedence -------------------------------------------------------------------------------------
+
+def editor_file(title: str) -> dict:
+    return {"nodes": [{"id": 1, "type": "SaveImage", "title": title}], "links": []}
+
+
+def test_preset_names_may_hold_dots(tmp_path, monkeypatch):
+    from shotline_controller.comfy.presets import available_presets, find_preset
+    from shotline_controller.contract import InputError
+    (tmp_path / "wan2.1_fun_control.json").write_text(json.dumps(editor_file("Save")))
+    monkeypatch.setenv("SHOTLINE_PRESETS", str(tmp_path))
+    assert find_preset("wan2.1_fun_control") == tmp_path / "wan2.1_fun_control.json"
+    assert "wan2.1_fun_control" in available_presets()
+    assert shot(workflow="sd3.5_simple_example").workflow == "sd3.5_simple_example"
+    for bad in (".hidden", "a/b", "x" * 65):
+        with pytest.raises(InputError, match="workflow"):
+            shot(workflow=bad)
+        with pytest.raises(PresetError, match="invalid preset name"):
+            find_preset(bad)
+
+
+@pytest.mark.parametrize("user_format", ["editor", "api"])
+def test_a_user_folder_wins_over_the_built_ins_in_either_format(tmp_path, monkeypatch, user_format):
+    from shotline_controller.comfy.presets import find_preset
+    path = tmp_path / ("api/shot_txt2img.json" if user_format == "api" else "shot_txt2img.json")
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(editor_file("Mine") if user_format == "editor" else load_preset("shot_txt2img")))
+    monkeypatch.setenv("SHOTLINE_PRESETS", str(tmp_path))
+    assert find_preset("shot_txt2img") == path  # a built-in api/shot_txt2img.json does not hide it
+    if user_format == "editor":
+        assert [node["_meta"]["title"] for node in load_preset("shot_txt2img").values()] == ["Mine"]
+
+
+def test_within_one_folder_the_api_format_wins_and_earlier_folders_win(tmp_path, monkeypatch):
+    from shotline_controller.comfy.presets import find_preset
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder in (first, second / "api"):
+        folder.mkdir(parents=True)
+    (first / "mine.json").write_text(json.dumps(editor_file("Save")))
+    (second / "api" / "mine.json").write_text(json.dumps(load_preset("shot_txt2img")))
+    monkeypatch.setenv("SHOTLINE_PRESETS", os.pathsep.join(map(str, (first, second))))
+    assert find_preset("mine") == first / "mine.json"
+    (first / "api").mkdir()
+    (first / "api" / "mine.json").write_text(json.dumps(load_preset("shot_txt2img")))
+    assert find_preset("mine") == first / "api" / "mine.json"
+
+
+# --- set ---------------------------------------------------------------------------------------------------------
+
+OBJECT_INFO = {
+    "KSampler": {"input": {"required": {
+        "seed": ["INT", {"default": 0, "min": 0, "max": 2**64 - 1}], "steps": ["INT", {"min": 1, "max": 10000}],
+        "cfg": ["FLOAT", {"min": 0.0, "max": 100.0}], "sampler_name": [["euler", "dpmpp_2m"], {}],
+        "scheduler": ["COMBO", {"options": ["normal", "karras"]}], "model": ["MODEL"], "positive": ["CONDITIONING"],
+        "negative": ["CONDITIONING"], "latent_image": ["LATENT"], "denoise": ["FLOAT", {"min": 0.0, "max": 1.0}]}}},
+    "CheckpointLoaderSimple": {"input": {"required": {"ckpt_name": [["random.safetensors"], {}]}}},
+    "CLIPTextEncode": {"input": {"required": {"text": ["STRING", {"multiline": True}], "clip": ["CLIP"]}}},
+}
+
+
+def test_set_names_nodes_by_title_or_id_after_the_shots_own_fields():
+    preset = load_preset("shot_txt2img")
+    graph, filled = fill_preset(preset, shot(seed=5, set={"Sampler.sampler_name": "dpmpp_2m", "3.seed": 11,
+                                                          "Checkpoint.ckpt_name": "random.safetensors"}),
+                                checkpoint="model.safetensors", filename_prefix="p", object_info=OBJECT_INFO)
+    assert graph["3"]["inputs"]["sampler_name"] == "dpmpp_2m" and graph["3"]["inputs"]["seed"] == 11
+    assert next(n for n in graph.values() if n["_meta"]["title"] == "Checkpoint")["inputs"]["ckpt_name"] == \
+        "random.safetensors"
+    assert filled["set.3.seed"] == 11
+
+
+@pytest.mark.parametrize("entry, problem", [
+    ({"Nope.seed": 1}, "no node with id or title 'Nope'"),
+    ({"Sampler.sede": 1}, "has no input 'sede'"),
+    ({"Sampler.positive": "x"}, "is wired from node"),
+    ({"Sampler.steps": 0}, "must be from 1 to 10000, got 0"),
+    ({"Sampler.steps": 2.5}, "must be a whole number"),
+    ({"Sampler.cfg": "high"}, "must be a number"),
+    ({"Sampler.sampler_name": "ddim"}, "must be one of the server's options ('euler', 'dpmpp_2m')"),
+    ({"Sampler.scheduler": "exponential"}, "must be one of the server's options ('normal', 'karras')"),
+    ({"Checkpoint.ckpt_name": "missing.safetensors"}, "one of the server's options ('random.safetensors')"),
+])
+def test_a_set_entry_the_server_would_refuse_is_named_before_queueing(entry, problem):
+    from shotline_controller.contract import InputError
+    from shotline_controller.shot_list import check_presets
+    shots = parse_shot_list([{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y", "set": entry}])
+    with pytest.raises(InputError) as refused:
+        check_presets(shots, object_info=OBJECT_INFO)
+    assert refused.value.field == f"shots[1].set.{next(iter(entry))}"
+    assert problem in refused.value.message
+
+
+def test_without_object_info_set_is_checked_against_the_graph():
+    from shotline_controller.contract import InputError
+    from shotline_controller.shot_list import check_presets
+    check_presets(parse_shot_list([{"id": "a", "prompt": "x", "set": {"Sampler.denoise": 0.5}}]))
+    with pytest.raises(InputError) as refused:
+        check_presets(parse_shot_list([{"id": "a", "prompt": "x", "set": {"Sampler.noise": 1}}]))
+    assert refused.value.field == "shots[0].set.Sampler.noise" and "has no input 'noise'" in refused.value.message
+
+
+def test_set_in_defaults_merges_key_by_key():
+    shots = parse_shot_list({"defaults": {"set": {"Sampler.cfg": 5.0, "Sampler.denoise": 0.9}},
+                             "shots": [{"id": "a", "prompt": "x", "set": {"Sampler.cfg": 6.0}}]}).shots
+    assert shots[0].set == {"Sampler.cfg": 6.0, "Sampler.denoise": 0.9}

