@@ -39,7 +39,7 @@ from PIL import Image  # noqa: E402
 from shotline.core import identity  # noqa: E402
 from shotline.core.face_embedding import load_embedder  # noqa: E402
 from shotline.core.faces import (DEFAULT_DETECTOR, AnimefaceDetector, Face, MTCNNDetector,  # noqa: E402
-                                 _overlaps, _sorted_faces, detector_settings, load_detector, plausible_face)
+                                 _overlaps, _sorted_faces, box_iou, load_detector, plausible_face)
 from shotline.core.image_quality import QualityThresholds, assess_image, luma  # noqa: E402
 
 LABELS = ROOT / "bench" / "identity_eval"
@@ -138,6 +138,17 @@ def run_raw_mtcnn(model, rgb: np.ndarray) -> list[Face]:
                                                    np.asarray(points, np.float32).reshape(-1, 5, 2))])
 
 
+def detector_settings(detector) -> str:
+    """The detector's name and its plain settings, e.g. "mtcnn(max_side=1024,min_face_size=20,...)": what makes
+    two detectors find the same faces."""
+    parts = getattr(detector, "detectors", None)
+    if parts:
+        return "+".join(detector_settings(part) for part in parts)
+    values = {key: value for key, value in sorted(vars(detector).items())
+              if isinstance(value, (int, float, str, bool)) and not key.startswith("_")}
+    return f"{detector.name}({','.join(f'{key}={value}' for key, value in values.items())})"
+
+
 class Detections:
     """Per picture: raw MTCNN (min face 20, its own cuts), MTCNN at 40 px with every score (cut later), animeface."""
 
@@ -226,12 +237,9 @@ PRODUCT_DETECTOR = "Shotline default"  # what Identity Check's dlib backend runs
 def matched(detected: list[Face], box) -> Face | None:
     target = Face(tuple(float(v) for v in box), 1.0)
     overlapping = [face for face in detected if _overlaps(face, target)]
-    return max(overlapping, key=lambda face: _iou(face.box, target.box), default=None)
+    return max(overlapping, key=lambda face: box_iou(face.box, target.box), default=None)
 
 
-def _iou(a, b) -> float:
-    from shotline.core.faces import box_iou
-    return box_iou(a, b)
 
 
 # --- identity ---------------------------------------------------------------------------------------------

@@ -182,6 +182,9 @@ def _set_key(value: str) -> str:
 SetKey = Annotated[str, AfterValidator(_set_key),
                    WithJsonSchema({"type": "string", "pattern": SET_KEY_PATTERN,
                                    "description": "<node title or id>.<input>"})]
+MAX_SET_TEXT = 20_000
+
+
 def _set_value(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("must be a finite number")
@@ -194,7 +197,6 @@ def _set_value(value: Any) -> Any:
     return value
 
 
-MAX_SET_TEXT = 20_000
 SetValue = Annotated[Any, AfterValidator(_set_value),
                      WithJsonSchema({"type": ["string", "integer", "number", "boolean"]})]
 Overrides = Annotated[dict[SetKey, SetValue], Field(

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
+from .faces import box_iou
 from .identity import DEFAULT_THRESHOLD, assign_faces, counted_faces, embed_faces, identity_score
 
 VAE_MULTIPLE = 8          # SD-family VAEs downscale by 8: the sampled crop's sides must divide by it
@@ -171,14 +172,6 @@ def paste_refined(image: np.ndarray, region: CropRegion, scaled_original: np.nda
     rows, columns = region.slices
     result[rows, columns] = np.clip(image[rows, columns] + mask[..., None] * change, 0.0, 1.0)
     return result
-
-
-def box_iou(a, b) -> float:
-    ax0, ay0, ax1, ay1 = (float(v) for v in a)
-    bx0, by0, bx1, by1 = (float(v) for v in b)
-    inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
-    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
-    return inter / union if union > 0 else 0.0
 
 
 class FaceScorer:

@@ -367,10 +367,11 @@ class AnimefaceDetector:
 
 
 def box_iou(a, b) -> float:
-    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
-    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    ax0, ay0, ax1, ay1 = (float(v) for v in a)
+    bx0, by0, bx1, by1 = (float(v) for v in b)
+    inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
+    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
     return inter / union if union > 0 else 0.0
 
 
@@ -399,17 +400,6 @@ class CombinedDetector:
             faces += [face for face in detector.detect(image, min_score)
                       if not any(_overlaps(face, kept) for kept in faces)]
         return _sorted_faces(faces)
-
-
-def detector_settings(detector) -> str:
-    """The detector's name and its plain settings, e.g. "mtcnn(max_side=1024,min_face_size=20,...)": what makes
-    two detectors find the same faces."""
-    parts = getattr(detector, "detectors", None)
-    if parts:
-        return "+".join(detector_settings(part) for part in parts)
-    values = {key: value for key, value in sorted(vars(detector).items())
-              if isinstance(value, (int, float, str, bool)) and not key.startswith("_")}
-    return f"{detector.name}({','.join(f'{key}={value}' for key, value in values.items())})"
 
 
 DETECTORS = {"mtcnn": MTCNNDetector, "mtcnn_low": low_cut_mtcnn, "insightface": InsightFaceDetector,
