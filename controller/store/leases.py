@@ -32,12 +32,13 @@ class LeaseQueue:
     def __init__(self, table: LeaseTable):
         self.table = table
 
-    def claim_ctes(self, returning: str, next_rows: str | None = None) -> str:
-        """CTEs `next` (the rows to claim: up to %(limit)s queued ones in queue order, unless `next_rows` defines
-        `next` otherwise) and `claimed` (them, now running for %(worker)s for %(lease)s seconds, RETURNING
-        `returning`, columns written `x.column`), for a statement to go on with."""
+    def claim_ctes(self, returning: str, next_rows: str | None = None, also_where: str = "") -> str:
+        """CTEs `next` (the rows to claim: up to %(limit)s queued ones in queue order, `also_where` (SQL starting
+        with AND) holding too, unless `next_rows` defines `next` otherwise) and `claimed` (them, now running for
+        %(worker)s for %(lease)s seconds, RETURNING `returning`, columns written `x.column`), for a statement to
+        go on with."""
         t = self.table
-        next_rows = next_rows or (f"next AS (SELECT id FROM {t.name} WHERE status = '{QUEUED}' "
+        next_rows = next_rows or (f"next AS (SELECT id FROM {t.name} WHERE status = '{QUEUED}'{also_where} "
                                   f"ORDER BY {t.order_by} FOR UPDATE SKIP LOCKED LIMIT %(limit)s)")
         return (f"{next_rows}, claimed AS (UPDATE {t.name} x SET status = '{RUNNING}', claimed_by = %(worker)s, "
                 f"lease_until = now() + make_interval(secs => %(lease)s){t.on_claim} "

@@ -117,17 +117,22 @@ SELECT c.*, h.attempts, (SELECT row_to_json(last) FROM last) AS last_attempt, f.
 FROM claimed c CROSS JOIN history h LEFT JOIN fresh f ON true"""
 
 
-def _claim_ctes(queue: LeaseQueue, prefer_checkpoint: bool) -> str:
+# A claim made with an attempt's record never takes that attempt's shot: were it queued (a lease that lapsed while
+# the attempt ran), the statement's snapshot would see it queued while the same statement ends it.
+_NOT_FINISHING = " AND id IS DISTINCT FROM (SELECT shot_id FROM attempts WHERE id = %(attempt)s)"
+
+
+def _claim_ctes(queue: LeaseQueue, prefer_checkpoint: bool, also_where: str = "") -> str:
     if not prefer_checkpoint:
-        return queue.claim_ctes(_CLAIMED_COLUMNS) + _CLAIM_REST
+        return queue.claim_ctes(_CLAIMED_COLUMNS, also_where=also_where) + _CLAIM_REST
     # the checkpoint the backend has loaded first, so a GPU does not swap models between shots; either part walks
     # an index in queue order (shots_queued_checkpoint_idx, shots_queued_idx), and `other` only runs when
     # `preferred` found nothing
     order, queued = queue.table.order_by, ShotStatus.QUEUED.value
-    preferred = (f"preferred AS (SELECT id FROM shots WHERE status = '{queued}' "
+    preferred = (f"preferred AS (SELECT id FROM shots WHERE status = '{queued}'{also_where} "
                  f"  AND params->>'checkpoint' = %(checkpoint)s ORDER BY {order} FOR UPDATE SKIP LOCKED LIMIT 1), "
-                 f"other AS (SELECT id FROM shots WHERE status = '{queued}' AND NOT EXISTS (SELECT 1 FROM preferred) "
-                 f"  ORDER BY {order} FOR UPDATE SKIP LOCKED LIMIT 1), "
+                 f"other AS (SELECT id FROM shots WHERE status = '{queued}'{also_where} "
+                 f"  AND NOT EXISTS (SELECT 1 FROM preferred) ORDER BY {order} FOR UPDATE SKIP LOCKED LIMIT 1), "
                  "next AS (SELECT id FROM preferred UNION ALL SELECT id FROM other)")
     return queue.claim_ctes(_CLAIMED_COLUMNS, preferred) + _CLAIM_REST
 
@@ -179,7 +184,8 @@ def _finish_and_claim_sql(queue: LeaseQueue, prefer_checkpoint: bool) -> str:
     """One statement: the attempt's record and the slot's next claim (so one round trip, and one transaction that
     commits without waiting for the flush). Its snapshot cannot see the finished shot as queued, so a shot queued
     again by its correction is claimed by a later claim, never by this one."""
-    return ("WITH " + _QUICK_COMMIT + ", " + _FINISH_CTES + ", " + _claim_ctes(queue, prefer_checkpoint)
+    return ("WITH " + _QUICK_COMMIT + ", " + _FINISH_CTES + ", "
+            + _claim_ctes(queue, prefer_checkpoint, _NOT_FINISHING)
             + " SELECT (SELECT count(*) FROM closed) AS recorded, (SELECT count(*) FROM finish_note) "
             "+ (SELECT count(*) FROM quick_commit WHERE off IS NOT NULL) AS finish_notified, claim.* "
             "FROM (SELECT 1) AS one LEFT JOIN (" + _CLAIM_SELECT + ") AS claim ON true")
@@ -301,6 +307,17 @@ class ShotStore:
                                  {**finish, **claim.params()})
             row = await cursor.fetchone()
         return row["recorded"] > 0, claimed_shot(row)
+
+    async def last_recorded_attempt(self, shot_id: uuid.UUID) -> dict | None:
+        """The shot's latest attempt that ran to its end ({status, verdicts}), or None."""
+        async with self.pool.connection() as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(
+                "SELECT a.status, coalesce((SELECT json_agg(v.details ORDER BY v.id) FROM verdicts v "
+                "  WHERE v.attempt_id = a.id), '[]') AS verdicts FROM attempts a "
+                f"WHERE a.shot_id = %s AND a.status NOT IN {OPEN_ATTEMPT} AND a.status <> '{LOST}' "
+                "ORDER BY a.attempt_no DESC LIMIT 1", (shot_id,))
+            return await cursor.fetchone()
 
     async def end_shot(self, shot_id: uuid.UUID, status: ShotStatus) -> None:
         async with self.pool.connection() as conn:

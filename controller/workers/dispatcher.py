@@ -65,6 +65,20 @@ log = logging.getLogger("shotline.dispatcher")
 DATABASE_TROUBLE = (psycopg.OperationalError, PoolTimeout)
 
 
+class BackToQueue(Exception):
+    """The backend lost the attempt, and its record already put the shot back in the queue: the slot lets go of
+    it without releasing it again (another slot of this process may have claimed it since, under the same worker
+    name)."""
+
+
+class Holding:
+    """What a slot holds: its shot's backend and the prompt queued there. Two slots of one process can briefly
+    hold the same shot (a lease lapsed and the shot was claimed again); each lets go of its own holding only."""
+
+    def __init__(self, backend: ComfyBackend, prompt_id: str | None = None):
+        self.backend, self.prompt_id = backend, prompt_id
+
+
 class Dispatcher:
     def __init__(self, pool: AsyncConnectionPool, backends: list[ComfyBackend], *, slots_per_backend: int = 2,
                  lease_seconds: float = 30.0, notifications: Notifications | None = None,
@@ -82,7 +96,7 @@ class Dispatcher:
         self.on_outcome = on_outcome
         self.character_library = character_library   # where identity corrections read sheets and references
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.held: dict[uuid.UUID, tuple[ComfyBackend, str | None]] = {}   # shot -> (backend, prompt_id queued)
+        self.held: dict[uuid.UUID, Holding] = {}                            # shot -> its backend and prompt
         self.cancelled: set[uuid.UUID] = set()                              # held shots whose prompt we stopped
         self._object_info: dict[str, dict] = {}
         self._presets: dict[tuple[str, str], tuple[int, dict]] = {}
@@ -148,9 +162,10 @@ class Dispatcher:
             log.warning("re-queued shots whose controller stopped renewing its lease")
 
     async def _interrupt(self, shot_id: uuid.UUID) -> None:
-        backend, prompt_id = self.held.get(shot_id, (None, None))
-        if backend is None or shot_id in self.cancelled:
+        holding = self.held.get(shot_id)
+        if holding is None or shot_id in self.cancelled:
             return
+        backend, prompt_id = holding.backend, holding.prompt_id
         self.cancelled.add(shot_id)
         if prompt_id is not None:
             log.info("shot %s was cancelled: interrupting prompt %s on %s", shot_id, prompt_id, backend.base_url)
@@ -193,10 +208,14 @@ class Dispatcher:
                     continue
                 self.metrics.claim_seconds.observe(time.perf_counter() - started)
             idle = shortest
-            self.held[shot.id] = (backend, None)
+            holding = self.held[shot.id] = Holding(backend)
             following = None  # the shot this slot claimed as it recorded this one (one round trip for both)
             try:
-                outcome, following = await self._run_shot(backend, shot)
+                outcome, following = await self._run_shot(backend, shot, holding)
+            except BackToQueue as error:
+                log.warning("%s on %s: %s; back to the queue", shot.shot_key, backend.base_url, error)
+                outcome = "queued"
+                await asyncio.sleep(1.0)  # let the backend come back before this slot claims again
             except (ComfyUnavailable, PromptLost) as error:
                 log.warning("%s on %s: %s; back to the queue", shot.shot_key, backend.base_url, error)
                 outcome = "queued"
@@ -208,8 +227,9 @@ class Dispatcher:
                 outcome = "queued"
                 await asyncio.sleep(longest)
             finally:
-                self.held.pop(shot.id, None)
-                self.cancelled.discard(shot.id)
+                if self.held.get(shot.id) is holding:
+                    del self.held[shot.id]
+                    self.cancelled.discard(shot.id)
             self.metrics.outcomes.labels(outcome).inc()
             if self.on_outcome:
                 self.on_outcome(shot, outcome)
@@ -226,7 +246,8 @@ class Dispatcher:
 
     # --- one shot -------------------------------------------------------------------------------------------
 
-    async def _run_shot(self, backend: ComfyBackend, shot: ClaimedShot) -> tuple[str, ClaimedShot | None]:
+    async def _run_shot(self, backend: ComfyBackend, shot: ClaimedShot,
+                        holding: Holding) -> tuple[str, ClaimedShot | None]:
         """Run one claimed shot to its recorded outcome; also the next shot claimed with the record, if any."""
         attempt_id, prompt_id, attempt_no = shot.attempt_id, shot.prompt_id, shot.attempts + 1
         last = shot.last_attempt
@@ -236,7 +257,7 @@ class Dispatcher:
             last_id, attempt_no = uuid.UUID(str(last["id"])), shot.attempts
             owner = self._backend(last["backend"])
             if owner is not None:
-                self.held[shot.id] = (owner, str(last["prompt_id"]))
+                holding.backend, holding.prompt_id = owner, str(last["prompt_id"])
                 owner.follow(str(last["prompt_id"]))
                 try:
                     result = await self._wait(owner, shot, str(last["prompt_id"]))
@@ -244,18 +265,19 @@ class Dispatcher:
                     result = None
                 if result is not None:
                     return await self._record(owner, shot, last_id, result, attempt_no, inputs=None)
-            await self.store.finish_attempt(last_id, ShotStatus.RUNNING, attempt_status=AttemptStatus.LOST, error={
-                "exception_message": "prompt lost: its backend no longer knows it or is not served by this "
-                                     "controller"})
+            if not await self.store.finish_attempt(
+                    last_id, ShotStatus.RUNNING, attempt_status=AttemptStatus.LOST, error={
+                        "exception_message": "prompt lost: its backend no longer knows it or is not served by this "
+                                             "controller"}):
+                return await self._settle_recorded(shot)  # whoever followed it too recorded it first
             attempt_no = shot.attempts  # the lost one no longer counts; this is the next
             if attempt_no > shot.max_attempts:
                 await self.store.end_shot(shot.id, ShotStatus.FAILED)
                 return ShotStatus.FAILED.value, None
-            self.held[shot.id] = (backend, None)
+            holding.backend, holding.prompt_id = backend, None
             attempt_id, prompt_id = await self.store.start_attempt(shot.id, backend.base_url, shot.correction)
         elif attempt_id is None:  # every attempt used
-            await self.store.end_shot(shot.id, ShotStatus.FAILED)
-            return ShotStatus.FAILED.value, None
+            return await self._settle_recorded(shot)
         prompt_id = str(prompt_id)
 
         try:
@@ -273,17 +295,17 @@ class Dispatcher:
         if is_random_checkpoint(checkpoint):
             log.warning("%s: rendering with the random test checkpoint: images are noise", shot.shot_key)
 
-        self.held[shot.id] = (backend, prompt_id)
+        holding.prompt_id = prompt_id
         try:
             await backend.submit(graph, prompt_id)
         except PromptRejected as rejected:
             await self.store.finish_attempt(attempt_id, ShotStatus.FAILED, error=rejected.body, inputs=inputs)
             return ShotStatus.FAILED.value, None
-        except ComfyUnavailable:
+        except ComfyUnavailable as error:
             await self.store.finish_attempt(attempt_id, ShotStatus.QUEUED, attempt_status=AttemptStatus.LOST,
                                             inputs=inputs, error={"exception_message": f"{backend.base_url} "
                                                                                        "unavailable"})
-            raise
+            raise BackToQueue(str(error)) from error
         backend.loaded_checkpoint = checkpoint
         if shot.id in self.cancelled:  # cancelled while it was being queued (the keeper saw it, had no prompt)
             self.cancelled.discard(shot.id)
@@ -291,14 +313,26 @@ class Dispatcher:
         started = time.monotonic()
         try:
             result = await self._wait(backend, shot, prompt_id)
-        except PromptLost:
+        except PromptLost as error:
             await self.store.finish_attempt(attempt_id, ShotStatus.QUEUED, attempt_status=AttemptStatus.LOST,
                                             inputs=inputs, error={"exception_message": f"{backend.base_url} lost "
                                                                                        "the prompt"})
-            raise
+            raise BackToQueue(str(error)) from error
         outcome, following = await self._record(backend, shot, attempt_id, result, attempt_no, inputs)
         self.metrics.attempt_seconds.labels(outcome).observe(time.monotonic() - started)
         return outcome, following
+
+    async def _settle_recorded(self, shot: ClaimedShot) -> tuple[str, None]:
+        """A shot claimed with no attempt left to run: its status is what its last recorded attempt decided
+        (failed when none ran to its end). Reached when every attempt was used, or when a shot was queued again
+        while its last attempt still ran and that attempt was recorded meanwhile."""
+        last = await self.store.last_recorded_attempt(shot.id)
+        if last is None or last["status"] != AttemptStatus.SUCCEEDED:
+            status = ShotStatus.CANCELLED if last and last["status"] == AttemptStatus.CANCELLED else ShotStatus.FAILED
+        else:
+            status = ShotStatus(shot_status(last["verdicts"]))
+        await self.store.end_shot(shot.id, status)
+        return status.value, None
 
     async def _wait(self, backend: ComfyBackend, shot: ClaimedShot, prompt_id: str) -> PromptResult:
         """The prompt's result; an interrupted one (its shot was cancelled) as an error result."""

@@ -209,3 +209,22 @@ def test_a_finish_carries_the_next_claim_in_the_same_statement(database_url):
     recorded, none_left, setting, attempts = run(database_url, work)
     assert recorded and none_left is None and setting == "on"
     assert attempts == [("a", 1, "succeeded"), ("a", 2, "succeeded"), ("b", 1, "succeeded")]
+
+
+def test_a_shot_queued_again_while_its_attempt_ran_is_ended_by_that_attempt_not_claimed_by_it(database_url):
+    """A lease that lapsed mid-attempt puts the shot back in the queue while its prompt still runs. The attempt's
+    record must end the shot; the claim made in the same statement must not take it (it would see it queued, and
+    the shot would be left running with its only attempt already recorded: a `failed` shot that succeeded)."""
+    async def work(pool):
+        store = ShotStore(pool)
+        await store.submit_batch(shots_of([{"id": "a", "prompt": "x"}]), "test", max_attempts=1)
+        first = await store.claim("w1", 30, "http://b")
+        await store.release("w1", [first.id])  # as a lapse would: queued, its attempt still open
+        recorded, following = await store.finish_and_claim(first.attempt_id, ShotStatus.REJECTED,
+                                                           NextClaim("w1", 30, "http://b"))
+        status = await rows(pool, "SELECT status FROM shots WHERE id = %s", (first.id,))
+        return recorded, following, status, await store.last_recorded_attempt(first.id)
+    recorded, following, status, last = run(database_url, work)
+    assert recorded and following is None
+    assert status == [("rejected",)]
+    assert last["status"] == "succeeded" and last["verdicts"] == []
