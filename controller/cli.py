@@ -31,7 +31,7 @@ from shotline_controller.comfy.presets import PresetError, SetError, is_editor_f
 from shotline_controller.comfy.queued_graph import api_graph
 from shotline_controller.comfy.results import RenderError
 from shotline_controller.comfy.server import ComfyStartError, ComfySupervisor, LocalComfyServer
-from shotline_controller.contract import AssemblyRequest, InputError, Shot, validated
+from shotline_controller.contract import AssemblyRequest, InputError, Shot, StateRequest, state_changes, validated
 from shotline_controller.embedded_postgres import EmbeddedPostgres, EmbeddedPostgresError
 from shotline_controller.media.assembly import AssemblyError
 from shotline_controller.media.assembly_jobs import (
@@ -47,12 +47,14 @@ from shotline_controller.settings import Settings, SettingsError, is_random_chec
 from shotline_controller.shot_list import (
     check_characters,
     check_presets,
+    choose_engines,
     queued_shots,
     read_media_file,
     read_shot_list,
 )
 from shotline_controller.store.assemblies import AssemblyStore
 from shotline_controller.store.characters import CharacterStore
+from shotline_controller.store.continuity import STATE_FIELDS, ContinuityStore
 from shotline_controller.store.migrations import apply_migrations
 from shotline_controller.store.shots import ShotStore
 from shotline_controller.store.uploads import UploadStore
@@ -138,7 +140,9 @@ def print_summary(shots: list[dict]) -> None:
         if shot.get("error"):
             print(f"  {shot['shot_key']}: {shot['error'].strip().splitlines()[0]}")
     print_table(("shot", "status", "attempts", "score", "output"),
-                [[shot["shot_key"], shot["status"], str(shot["attempts"]),
+                [[shot["shot_key"], shot["status"] + (f" (after {shot['continues']})" if shot.get("continues")
+                                                      and shot["status"] in ("waiting", "blocked") else ""),
+                  str(shot["attempts"]),
                   "-" if shot["score"] is None else f"{shot['score']:.3f}", shot["output"] or "-"] for shot in shots])
 
 
@@ -202,8 +206,9 @@ def _progress(progress: tqdm, batch: dict) -> None:
 
 async def render_command(args) -> int:
     shot_list = read_shot_list(args.file)  # bad input fails here, before any server starts
-    check_presets(shot_list)
     settings = load_settings()
+    shot_list, rules = choose_engines(shot_list, settings.character_library_if_any)
+    check_presets(shot_list)
     check_characters(shot_list, settings.character_library_if_any)
     base_dir = Path(args.file).resolve().parent
     images = {shot.image: await asyncio.to_thread(read_media_file, base_dir, shot.image, f"shots[{index}].image")
@@ -229,15 +234,16 @@ async def render_command(args) -> int:
         async def media(name: str, field: str) -> str:
             return (await uploads.put(images[name], sniff(images[name])))["ref"]
 
-        shots = await queued_shots(shot_list, media)
-        batch_id, _ = await store.submit_batch(shots, str(Path(args.file).resolve()), max_attempts=args.max_attempts)
+        shots = await queued_shots(shot_list, media, rules)
+        batch_id, _ = await store.submit_batch(shots, str(Path(args.file).resolve()), max_attempts=args.max_attempts,
+                                               states=state_changes(shot_list))
         print(f"batch {batch_id}: {len(shots)} shots queued (at most {args.max_attempts} attempts each)")
         workers = Workers(pool, [backend], service=False, character_library=settings.character_library_if_any)
         with tqdm(total=len(shots), unit="shot", desc="rendering", file=sys.stderr) as progress:
             async def finished() -> bool:
                 batch = await store.batch(batch_id)
                 _progress(progress, batch)
-                return batch["finished"]
+                return batch["settled"]  # blocked shots wait for a person (shotline status, the API)
             await workers.run(stop=asyncio.Event(), until=finished)
         rows = await store.batch_shots(batch_id)
         character_rows = [row for row in rows if row["params"].get("characters")]
@@ -250,7 +256,11 @@ async def render_command(args) -> int:
     if any(used_random_checkpoint(story) for story in stories):
         print(RANDOM_CHECKPOINT_NOTE)
     print_summary(rows)
-    return 1 if any(row["status"] == "failed" for row in rows) else 0
+    blocked = [row["shot_key"] for row in rows if row["status"] == "blocked"]
+    if blocked:
+        print(f"blocked, waiting for the shot each continues to be retried or approved: {', '.join(blocked)} "
+              f"(POST /api/v1/shots/<id>/retry or /review; they stay queued in batch {batch_id})")
+    return 1 if any(row["status"] in ("failed", "blocked") for row in rows) else 0
 
 
 @asynccontextmanager
@@ -291,13 +301,13 @@ async def render_on_server(args, shots_text: bytes) -> int:
                 async with session.get(f"{base}/api/v1/batches/{batch_id}") as response:
                     batch = await response.json()
                 _progress(progress, batch)
-                if batch["finished"]:
+                if batch["settled"]:  # blocked shots wait for a person
                     break
                 await asyncio.sleep(0.5)
         async with session.get(f"{base}/api/v1/batches/{batch_id}/shots") as response:
             rows = (await response.json())["shots"]
     print_summary(rows)
-    return 1 if any(row["status"] == "failed" for row in rows) else 0
+    return 1 if any(row["status"] in ("failed", "blocked") for row in rows) else 0
 
 
 # --- serve -----------------------------------------------------------------------------------------------------
@@ -367,6 +377,48 @@ async def status_command(args) -> int:
         if not rows:
             print("no batches yet")
     return 0
+
+
+# --- state ----------------------------------------------------------------------------------------------------
+
+async def state_command(args) -> int:
+    """`shotline state set BATCH CHARACTER --from SHOT --outfit ...` and `shotline state show BATCH`."""
+    settings = load_settings()
+    async with open_database(settings) as pool:
+        batch = await ShotStore(pool).batch(args.batch)
+        if batch is None:
+            print(f"error: no batch {args.batch}", file=sys.stderr)
+            return 1
+        store = ContinuityStore(pool)
+        if args.state_command == "set":
+            fields = {field: getattr(args, field) for field in STATE_FIELDS if getattr(args, field) is not None}
+            try:
+                change = validated(StateRequest, {"character": args.character, "from_shot": args.from_shot,
+                                                  "state": fields})
+            except InputError as error:
+                print(f"error: {STATE_FLAGS.get(error.field, error.field)}: {error.message}", file=sys.stderr)
+                return 2
+            position = await store.shot_position(batch["id"], change.from_shot)
+            if position is None:
+                print(f"error: --from: no shot {change.from_shot!r} in batch {batch['id']}", file=sys.stderr)
+                return 2
+            await store.add_state(batch["id"], change.character, position,
+                                  change.state.model_dump(exclude_none=True), "cli")
+        timeline = await store.timeline(batch["id"])
+        frames = await store.frames(batch["id"])
+    print_table(["character", "from shot", "state", "source"],
+                [[row["character"], row["from_shot"] or f"#{row['from_position']}",
+                  ", ".join(f"{k}: {v or '(cleared)'}" for k, v in row["fields"].items()), row["source"]]
+                 for row in timeline])
+    if frames:
+        print_table(["scene", "character", "kept frame from", "score"],
+                    [[row["scene"], row["character"], row["shot"], f"{row['score']:.2f}"] for row in frames])
+    return 0
+
+
+STATE_FLAGS = {"character": "CHARACTER", "from_shot": "--from", "state": "--outfit/--injuries/--props/--emotion/"
+                                                                          "--notes"}
+STATE_FLAGS.update({f"state.{field}": f"--{field}" for field in STATE_FIELDS})
 
 
 # --- assemble --------------------------------------------------------------------------------------------------
@@ -555,6 +607,17 @@ def parser() -> argparse.ArgumentParser:
     to_api.add_argument("--shot", type=Path, metavar="LIST", help="fill it with a shot of this shot list (YAML or "
                                                                  "JSON), as a render would")
     to_api.add_argument("--id", metavar="KEY", help="which shot of --shot (default: the first)")
+    state = commands.add_parser("state", help="characters' state along a batch's story (outfit, injuries ...)")
+    state_commands = state.add_subparsers(dest="state_command", required=True)
+    state_set = state_commands.add_parser("set", help="set a character's state from a shot on")
+    state_set.add_argument("batch", type=uuid.UUID)
+    state_set.add_argument("character", help="the character's folder name, e.g. aiko")
+    state_set.add_argument("--from", dest="from_shot", required=True, metavar="SHOT",
+                           help="the id of the shot it applies from")
+    for field in STATE_FIELDS:
+        state_set.add_argument(f"--{field}", metavar="TEXT", help=f"the character's {field} ('' clears it)")
+    state_show = state_commands.add_parser("show", help="the batch's state timeline and kept continuity frames")
+    state_show.add_argument("batch", type=uuid.UUID)
     character = commands.add_parser("character", help="manage the character library")
     character_commands = character.add_subparsers(dest="character_command", required=True)
     put = character_commands.add_parser("put", help="create or update a character: sheet + reference images")
@@ -628,6 +691,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(serve_command(args))
         if args.command == "status":
             return asyncio.run(status_command(args))
+        if args.command == "state":
+            return asyncio.run(state_command(args))
         if args.command == "assemble":
             return asyncio.run(assemble_command(args))
         if args.command == "workflow":

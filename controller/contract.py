@@ -27,6 +27,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     WithJsonSchema,
     model_validator,
@@ -203,9 +204,64 @@ Overrides = Annotated[dict[SetKey, SetValue], Field(
     min_length=1, max_length=MAX_SET,
     description="inputs set after the shot's own fields: {'<node title or id>.<input>': value}, checked against "
                 "the server's /object_info (type, range, options) before the shot is queued")]
-Dialogue = Annotated[RequiredText, Field(max_length=MAX_DIALOGUE),
-                     WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_DIALOGUE,
-                                     "description": "dialogue presets: the line spoken"})]
+DialogueLine = Annotated[RequiredText, Field(max_length=MAX_DIALOGUE),
+                         WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_DIALOGUE,
+                                         "description": "dialogue presets: the line spoken"})]
+SpokenLine = Annotated[dict[Key, DialogueLine], Field(
+    min_length=1, max_length=1, description="{speaker: line}: the line spoken in that character's voice (its "
+                                            "sheet's `voice`); the speaker is one of the shot's characters")]
+_DIALOGUE_FORMS = (TypeAdapter(DialogueLine), TypeAdapter(SpokenLine))
+
+
+def _dialogue(value: Any) -> Any:
+    """A line, or {speaker: line}: validated as the one its shape says, so an error names `dialogue` itself."""
+    adapter = _DIALOGUE_FORMS[isinstance(value, dict)]
+    try:
+        return adapter.validate_python(value, strict=True)
+    except ValidationError as error:
+        raise ValueError(error.errors()[0]["msg"].removeprefix("Value error, ")) from None
+
+
+Dialogue = Annotated[Any, AfterValidator(_dialogue), WithJsonSchema({"oneOf": [
+    {"type": "string", "minLength": 1, "maxLength": MAX_DIALOGUE, "description": "dialogue presets: the line spoken"},
+    {"type": "object", "minProperties": 1, "maxProperties": 1,
+     "additionalProperties": {"type": "string", "minLength": 1, "maxLength": MAX_DIALOGUE},
+     "description": "{speaker: line}: the line spoken in that character's voice (its sheet's `voice`); the "
+                    "speaker is one of the shot's characters"}]})]
+Continuity = Annotated[Literal["previous", "none"], Field(
+    description="previous: wait until the shot before this one in its scene is approved, then start from its "
+                "last frame (the preset's Input Image)")]
+MAX_STATE_TEXT = 300
+StateText = Annotated[Line, Field(max_length=MAX_STATE_TEXT, description="'' ends what an earlier entry set")]
+
+
+class CharacterState(Strict):
+    """A character's state from a shot on, until a later entry changes a field ('' clears it)."""
+    outfit: StateText | None = None
+    injuries: StateText | None = None
+    props: StateText | None = None
+    emotion: StateText | None = None
+    notes: StateText | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self):
+        if not self.model_dump(exclude_none=True):
+            raise ValueError("name at least one of outfit, injuries, props, emotion, notes")
+        return self
+
+
+StateChanges = Annotated[dict[Key, CharacterState], Field(
+    min_length=1, max_length=16, description="{character: {outfit, injuries, props, emotion, notes}}: applies "
+                                             "from this shot on, in list order, to every shot naming the character")]
+
+
+class EngineRules(Strict):
+    """Presets chosen by what a shot is, for shots that name no workflow of their own; the first rule that applies
+    and names a preset wins, else the workflow (the defaults', else shot_txt2img)."""
+    lora: Annotated[PresetName, Field(description="a character of the shot has LoRAs on its sheet")] | None = None
+    image_to_video: Annotated[PresetName, Field(description="at most one character and a source image (its own "
+                                                            "image, or continuity: previous)")] | None = None
+    text_to_video: Annotated[PresetName, Field(description="several characters, or no source image")] | None = None
 
 
 # --- shots -----------------------------------------------------------------------------------------------------
@@ -221,6 +277,9 @@ class CharacterFields(Strict):
     refine_denoise: RefineDenoise | None = None
     refine_size: RefineSize | None = None
     min_side: MinSide | None = None
+    continuity: Continuity | None = None
+    colour_anchor: Annotated[bool, Field(description="colour-match the shot to its scene's first approved shot "
+                                                     "(the preset's Colour Anchor); on for continuity shots")] | None = None
 
 
 class ShotDefaults(CharacterFields):
@@ -240,12 +299,14 @@ class ShotDefaults(CharacterFields):
     fps: Fps | None = None
     dialogue: Dialogue | None = None
     set: Overrides | None = None
+    engines: EngineRules | None = None
 
 
 class ShotInput(ShotDefaults):
     """One shot as a client writes it."""
     id: Annotated[Key, Field(description="the shot's id in the list (unique within the batch)")]
     prompt: RequiredText
+    state: StateChanges | None = None
 
 
 class Shot(CharacterFields):
@@ -269,14 +330,18 @@ class Shot(CharacterFields):
     fps: Fps | None = None
     dialogue: Dialogue | None = None
     set: Overrides | None = None
+    engine_rule: Annotated[str, Field(max_length=200,
+                                      description="the engine rule that chose the workflow")] | None = None
 
     @classmethod
-    def from_input(cls, shot: ShotInput, image: str | None = None) -> "Shot":
-        """The queued form of `shot`; `image` is its media reference once resolved."""
+    def from_input(cls, shot: ShotInput, image: str | None = None, engine_rule: str | None = None) -> "Shot":
+        """The queued form of `shot`; `image` is its media reference once resolved, `engine_rule` the rule that
+        chose its workflow. Its character state changes are kept apart (character_states)."""
         width, height = shot.size or DEFAULT_SIZE
-        values = shot.model_dump(exclude_none=True, exclude={"size", "image"})
+        values = shot.model_dump(exclude_none=True, exclude={"size", "image", "state", "engines"})
         values.setdefault("seed", zlib.crc32(shot.id.encode()))
-        return cls.model_validate({**values, "width": width, "height": height, "image": image})
+        return cls.model_validate({**values, "width": width, "height": height, "image": image,
+                                   "engine_rule": engine_rule})
 
     @classmethod
     def from_record(cls, record: dict, field: str = "shot") -> "Shot":
@@ -291,6 +356,8 @@ def _with_defaults(defaults: dict, shot: dict) -> dict:
     merged = {**defaults, **shot}
     if isinstance(defaults.get("set"), dict) and isinstance(shot.get("set"), dict):
         merged["set"] = {**defaults["set"], **shot["set"]}
+    if "workflow" in shot:  # a shot naming its workflow is not chosen for by the engine rules
+        merged.pop("engines", None)
     return merged
 
 
@@ -336,10 +403,48 @@ def parse_shot_list(data: Any, model: type[ShotList] = ShotList) -> ShotList:
         if shot.id in seen:
             raise InputError(f"shots[{index}].id", f"duplicate of shots[{seen[shot.id]}].id ({shot.id!r})")
         seen[shot.id] = index
+        if isinstance(shot.dialogue, dict):
+            [speaker] = shot.dialogue
+            if speaker not in (shot.characters or ()):
+                raise InputError(f"shots[{index}].dialogue.{speaker}", "the speaker must be one of the shot's "
+                                 f"characters ({', '.join(shot.characters or ()) or 'it names none'})")
+    continued_shots(shot_list.shots)
     return shot_list
 
 
+def state_changes(shot_list: ShotList) -> list[tuple[int, str, dict]]:
+    """(list position, character, fields set) for every `state` entry of the list, in list order."""
+    return [(index, name, fields.model_dump(exclude_none=True))
+            for index, shot in enumerate(shot_list.shots) for name, fields in (shot.state or {}).items()]
+
+
+def continued_shots(shots) -> list[int | None]:
+    """For each shot, the index of the shot it continues (the one before it in its scene, for `continuity:
+    previous`), else None; a scene's first shot has none to continue."""
+    last_in_scene: dict[str, int] = {}
+    continued = []
+    for index, shot in enumerate(shots):
+        scene = shot.scene or DEFAULT_SCENE
+        if shot.continuity == "previous":
+            if scene not in last_in_scene:
+                raise InputError(f"shots[{index}].continuity",
+                                 f"the first shot of scene {scene!r} has no shot before it to continue")
+            continued.append(last_in_scene[scene])
+        else:
+            continued.append(None)
+        last_in_scene[scene] = index
+    return continued
+
+
 # --- other requests --------------------------------------------------------------------------------------------
+
+class StateRequest(Strict):
+    """`POST /api/v1/batches/{id}/states` and `shotline state set`: a character's state from a shot of the batch
+    on (the shots not started yet take it)."""
+    character: Key
+    from_shot: Annotated[Key, Field(description="the id of the shot it applies from, in the batch's list order")]
+    state: CharacterState
+
 
 class ReviewRequest(Strict):
     """A person's decision on a shot in `needs_review`."""
@@ -415,6 +520,8 @@ class Batch(Answer):
     total: int
     done: int
     finished: bool
+    settled: bool = Field(description="nothing left to run without a person: no shot queued or running (the "
+                                      "others are final, or wait on a blocked shot or one in review)")
 
 
 class BatchCancelled(Batch):
@@ -432,6 +539,8 @@ class BatchShot(Answer):
     band: str | None = Field(description="the latest Shot Verdict band: approve, review or reject")
     output: str | None = Field(description="the latest attempt's first output file (subfolder/name)")
     error: str | None = Field(description="the latest attempt's error message")
+    continues: str | None = Field(None, description="the id of the shot this one continues (continuity: "
+                                                    "previous); waiting or blocked shots wait for it")
 
 
 class BatchShots(Answer):
@@ -440,6 +549,7 @@ class BatchShots(Answer):
     done: int
     counts: Counts
     finished: bool
+    settled: bool
     shots: list[BatchShot]
 
 
@@ -477,7 +587,35 @@ class ShotDetail(Answer):
     max_attempts: int
     created_at: datetime
     updated_at: datetime
+    continues: str | None = Field(None, description="the id of the shot this one continues")
     attempts: list[Attempt]
+
+
+class StateEntry(Answer):
+    character: str
+    from_position: int
+    from_shot: str | None
+    fields: dict[str, str]
+    source: str = Field(description="shot list, api or cli")
+    created_at: datetime
+
+
+class ContinuityFrame(Answer):
+    scene: str
+    character: str
+    score: float = Field(description="its identity score in the approved shot it came from")
+    frame_ref: str = Field(description="the approved frame, an upload (sha256:...)")
+    face_ref: str | None = Field(description="the character's face crop, an upload")
+    box: list[float] | None
+    shot: str
+    updated_at: datetime
+
+
+class Continuity(Answer):
+    """What carries over in a batch: the character state timeline and each character's kept frame per scene."""
+    batch_id: uuid.UUID
+    states: list[StateEntry]
+    frames: list[ContinuityFrame]
 
 
 class Upload(Answer):

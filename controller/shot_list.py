@@ -42,8 +42,10 @@ from shotline_controller.comfy.presets import (
     check_character_slots,
     fill_preset,
     load_preset,
+    state_slot,
 )
 from shotline_controller.contract import DEFAULT_WORKFLOW, InputError, Shot, ShotList, is_media_ref, parse_shot_list
+from shotline_controller.engines import choose_engine
 from shotline_controller.media.sniff import sniff
 from shotline_controller.parsing import parse_text
 
@@ -73,14 +75,26 @@ def check_presets(shot_list: ShotList, object_info: dict | None = None) -> None:
     graph (its node and input exist); an editor-format one is otherwise checked when it is converted."""
     presets: dict[str, dict] = {}
     tried: set[tuple] = set()
+    with_state: set[str] = set()  # characters the list has given a state so far
     for index, shot in enumerate(shot_list.shots):
         workflow = shot.workflow or DEFAULT_WORKFLOW
+        with_state |= set(shot.state or ())
         try:
             if workflow not in presets:
                 presets[workflow] = load_preset(workflow, object_info)
             graph = presets[workflow]
             if shot.characters:
                 check_character_slots(workflow, graph, len(shot.characters))
+            titles = {node.get("_meta", {}).get("title") for node in graph.values()}
+            if shot.continuity == "previous" and "Input Image" not in titles:
+                raise InputError(f"shots[{index}].continuity",
+                                 f"preset {workflow!r} has no node titled 'Input Image' to start from the last "
+                                 "frame of the shot before: use an image-to-image or image-to-video preset")
+            for number, name in enumerate(shot.characters or (), start=1):
+                if name in with_state and state_slot(number) not in titles:
+                    raise InputError(f"shots[{index}].workflow",
+                                     f"preset {workflow!r} has no node titled {state_slot(number)!r} for "
+                                     f"{name}'s state: use a preset with Character State nodes (shot_character)")
             # the image is left out: where it may come from is checked with the media (shots[i].image)
             shape = (workflow, tuple(name for name, value in shot if value is not None and name != "image"),
                      len(shot.characters or ()), tuple(sorted((shot.set or {}).items(), key=repr)))
@@ -129,14 +143,42 @@ def check_characters(shot_list: ShotList, library: Path | None) -> None:
                                  f"character {name!r} has no reference images: its identity cannot be checked")
 
 
-async def queued_shots(shot_list: ShotList, media: MediaResolver) -> list[Shot]:
-    """The shots to queue: each shot's media name resolved to a reference by `media`, defaults applied (for a
-    long list in a worker thread: 10,000 shots take a few tenths of a second)."""
+def choose_engines(shot_list: ShotList, library: Path | None) -> tuple[ShotList, list[str | None]]:
+    """The list with each shot's workflow chosen by its engine rules (controller/engines.py), and the rule that
+    fired for each shot (None: no rule, its own or the defaults' workflow)."""
+    if not any(shot.engines for shot in shot_list.shots):
+        return shot_list, [None] * len(shot_list.shots)
+    known = find_characters([library]) if library is not None else {}
+    loras: dict[str, bool] = {}
+
+    def has_loras(name: str) -> bool:
+        if name not in loras:
+            try:
+                loras[name] = bool(load_character(known[name]).sheet.loras) if name in known else False
+            except (CharacterSheetError, OSError, ValueError):
+                loras[name] = False  # check_characters names what is wrong with the sheet
+        return loras[name]
+
+    shots, rules = [], []
+    for shot in shot_list.shots:
+        chosen = choose_engine(shot.engines.model_dump(exclude_none=True) if shot.engines else None,
+                               list(shot.characters or ()), bool(shot.image) or shot.continuity == "previous",
+                               has_loras)
+        shots.append(shot.model_copy(update={"workflow": chosen[0]}) if chosen else shot)
+        rules.append(chosen[1] if chosen else None)
+    return shot_list.model_copy(update={"shots": shots}), rules
+
+
+async def queued_shots(shot_list: ShotList, media: MediaResolver, rules: list[str | None] | None = None) -> list[Shot]:
+    """The shots to queue: each shot's media name resolved to a reference by `media`, defaults applied, the
+    engine rule that chose its workflow kept (for a long list in a worker thread: 10,000 shots take a few tenths
+    of a second)."""
     images = {index: await media(shot.image, f"shots[{index}].image")
               for index, shot in enumerate(shot_list.shots) if shot.image}
 
     def build() -> list[Shot]:
-        return [Shot.from_input(shot, image=images.get(index)) for index, shot in enumerate(shot_list.shots)]
+        return [Shot.from_input(shot, image=images.get(index), engine_rule=rules[index] if rules else None)
+                for index, shot in enumerate(shot_list.shots)]
     return await asyncio.to_thread(build) if len(shot_list.shots) > LONG_LIST else build()
 
 

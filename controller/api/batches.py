@@ -23,15 +23,19 @@ from shotline_controller.contract import (
     BatchCreated,
     BatchRequest,
     BatchShots,
+    Continuity,
     ReviewRequest,
+    StateRequest,
     ShotDetail,
     is_media_ref,
     parse_shot_list,
+    state_changes,
     validated,
 )
 from shotline_controller.media.sniff import sniff
 from shotline_controller.parsing import parse_off_loop
-from shotline_controller.shot_list import check_characters, check_presets, queued_shots
+from shotline_controller.shot_list import check_characters, check_presets, choose_engines, queued_shots
+from shotline_controller.store.continuity import ContinuityStore
 from shotline_controller.store.notifications import StreamLimit
 from shotline_controller.store.shots import ShotStore
 from shotline_controller.store.uploads import UploadStore
@@ -98,16 +102,19 @@ async def _object_info(request: web.Request, batch: BatchRequest) -> dict | None
 async def submit_batch(request: web.Request) -> web.Response:
     data, files = await _shot_list_and_files(request)
     batch = await asyncio.to_thread(parse_shot_list, data, BatchRequest)
+    library = request.app[SETTINGS].character_library_if_any
+    batch, rules = await asyncio.to_thread(choose_engines, batch, library)
     await asyncio.to_thread(check_presets, batch, await _object_info(request, batch))
-    await asyncio.to_thread(check_characters, batch, request.app[SETTINGS].character_library_if_any)
+    await asyncio.to_thread(check_characters, batch, library)
     if batch.webhook_url is not None:
         try:
             await request.app[WEBHOOKS].check(batch.webhook_url)
         except WebhookRefused as refused:
             raise ApiError("webhook_url", str(refused)) from None
-    shots = await queued_shots(batch, _media(request, files))
+    shots = await queued_shots(batch, _media(request, files), rules)
     batch_id, shot_ids = await _store(request).submit_batch(
-        shots, "api", webhook_url=batch.webhook_url, max_attempts=batch.max_attempts, priority=batch.priority)
+        shots, "api", webhook_url=batch.webhook_url, max_attempts=batch.max_attempts, priority=batch.priority,
+        states=state_changes(batch))
     return await answer(BatchCreated, {"batch_id": batch_id, "shot_ids": shot_ids}, status=201)
 
 
@@ -132,7 +139,8 @@ async def get_batch_shots(request: web.Request) -> web.Response:
     batch = await batch_or_404(request)
     shots = await _store(request).batch_shots(batch["id"])
     return await answer(BatchShots, {"batch_id": batch["id"], "total": batch["total"], "done": batch["done"],
-                                     "counts": batch["counts"], "finished": batch["finished"], "shots": shots})
+                                     "counts": batch["counts"], "finished": batch["finished"],
+                                     "settled": batch["settled"], "shots": shots})
 
 
 async def cancel_batch(request: web.Request) -> web.Response:
@@ -169,7 +177,26 @@ async def review_shot(request: web.Request) -> web.Response:
     decision = validated(ReviewRequest, await json_object(request)).decision
     store = _store(request)
     return await _transition(request, lambda shot_id: store.review_shot(shot_id, decision == "approve"),
-                             "only shots in needs_review can be reviewed")
+                             "only shots in needs_review can be reviewed (and rejected ones approved)")
+
+
+async def get_continuity(request: web.Request) -> web.Response:
+    batch = await batch_or_404(request)
+    store = ContinuityStore(request.app[POOL])
+    return await answer(Continuity, {"batch_id": batch["id"], "states": await store.timeline(batch["id"]),
+                                     "frames": await store.frames(batch["id"])})
+
+
+async def add_state(request: web.Request) -> web.Response:
+    batch = await batch_or_404(request)
+    change = validated(StateRequest, await json_object(request))
+    store = ContinuityStore(request.app[POOL])
+    position = await store.shot_position(batch["id"], change.from_shot)
+    if position is None:
+        raise ApiError("from_shot", f"no shot {change.from_shot!r} in batch {batch['id']}")
+    await store.add_state(batch["id"], change.character, position, change.state.model_dump(exclude_none=True), "api")
+    return await answer(Continuity, {"batch_id": batch["id"], "states": await store.timeline(batch["id"]),
+                                     "frames": await store.frames(batch["id"])}, status=201)
 
 
 # --- the event stream ------------------------------------------------------------------------------------------

@@ -29,6 +29,8 @@ TEXT_INPUTS = ("text", "prompt", "text_g", "text_l", "clip_l", "clip_g", "t5xxl"
 STRING_SOURCES = ("value", "string", "text")  # a string primitive's literal, when an encoder's text is linked
 ZERO_CONDITIONING = ("ConditioningZeroOut",)
 IMAGE_LOADERS = ("LoadImage",)
+# titled loaders the controller fills with other frames
+OTHER_IMAGE_ROLES = ("Anchor Image", "End Image", *(f"Continuity {number}" for number in range(1, 5)))
 MAX_DEPTH = 64
 
 
@@ -168,7 +170,8 @@ def infer_roles(graph: dict, titled: frozenset | set = frozenset()) -> Roles:
                 roles.add("Save", node_id, {"filename_prefix": None})
     if "Input Image" not in titled:
         loaders = [node_id for node_id, node in graph.items()
-                   if node.get("class_type") in IMAGE_LOADERS and isinstance(node["inputs"].get("image"), str)]
+                   if node.get("class_type") in IMAGE_LOADERS and isinstance(node["inputs"].get("image"), str)
+                   and node.get("_meta", {}).get("title") not in OTHER_IMAGE_ROLES]
         roles.candidates["Input Image"] = loaders
         if len(loaders) == 1:
             roles.add("Input Image", loaders[0], {"image": "image"})

@@ -14,12 +14,21 @@ A shot fills inputs of nodes found by title:
     Negative Prompt   text                     negative
     Sampler           seed, steps, cfg         seed, steps, cfg
     Size              width, height            size
-                      batch_size               frames
+                      batch_size (or length)   frames
     Interpolate       source_fps               fps
-    Dialogue          text                     dialogue
+    Dialogue          text                     dialogue (its line); engine and the engine's voice from the
+                                                 speaker's sheet when the dialogue names one
     Save              filename_prefix          (set by the controller: shotline/<batch>/<shot>; every node so titled)
-    Input Image       image                    image (uploaded to the server that runs the shot)
+    Input Image       image                    image (uploaded to the server that runs the shot); for a
+                                                 continuity shot, the last frame of the shot it continues
+    Anchor Image      image                    its scene's first approved frame, matched by "Colour Anchor"
+                                                 (without one the loader and its link are taken out)
     Character 1..4    character                characters[0..3] (Load Character nodes)
+    State 1..4        outfit, injuries, props, each character's state at this shot (Character State nodes)
+                      emotion, notes
+    Continuity 1..4   image                    each character's face from its best approved shot so far (this
+                                                 scene's, else an earlier one's), into its gallery; taken out
+                                                 for a character with none
     Character Prompt  text, negative,          prompt, negative,
                       character_weight           character_weight
     Character LoRAs   strength_scale           lora_scale
@@ -58,6 +67,8 @@ import re
 from importlib import resources
 from pathlib import Path
 
+from shotline.core.characters import STATE_FIELDS, state_fragment
+
 from shotline_controller.comfy.graph_roles import Roles, infer_roles, is_link
 from shotline_controller.contract import PRESET_PATTERN, Shot
 
@@ -80,6 +91,7 @@ SHOT_INPUTS: dict[str, dict[str, str | None]] = {
     "Dialogue": {"text": "dialogue"},
     "Save": {"filename_prefix": None},
     "Input Image": {"image": "image"},  # the shot's image, uploaded to the server that runs the shot
+    "Anchor Image": {"image": "anchor_image"},  # the scene's first approved frame, for its "Colour Anchor"
     "Character Prompt": {"text": "prompt", "negative": "negative", "character_weight": "character_weight"},
     "Character LoRAs": {"strength_scale": "lora_scale"},
     "Face Refine": {"seed": "seed", "steps": "steps", "cfg": "cfg", "max_cycles": "refine_cycles",
@@ -93,9 +105,20 @@ SHOT_INPUTS: dict[str, dict[str, str | None]] = {
     "Identity Check": {"threshold": "identity_threshold"},
     "Shot Verdict": {"identity_pass": "identity_threshold"},
 }
+# a node titled for a role may take a field under another input: Wan's and LTXV's latents count frames as
+# `length` (their `batch_size` is how many videos)
+PREFERRED_INPUTS = {"batch_size": "length"}
+ANCHOR_IMAGE_TITLE = "Anchor Image"
+STATE_INPUTS = STATE_FIELDS  # a Character State node's inputs
+VOICE_INPUTS = {"edge-tts": "edge_tts_voice", "piper": "piper_voice", "espeak-ng": "espeak_voice"}
 REQUIRED_TITLES = ("Save",)
 PROMPT_TITLES = ("Prompt", "Character Prompt", "Face Repair")  # a preset needs one of them
 MAX_CHARACTER_SLOTS = 4
+
+
+def spoken_line(dialogue) -> str | None:
+    """The line a shot speaks: its dialogue, or the one line of a {speaker: line} dialogue."""
+    return next(iter(dialogue.values())) if isinstance(dialogue, dict) else dialogue
 
 
 def character_slot(number: int) -> str:
@@ -257,10 +280,15 @@ def _is_link(value) -> bool:
 
 def without_unused_slots(graph: dict, used: int) -> dict:
     """The graph without its character slots past `used`: those nodes, the nodes fed by nothing else (their
-    galleries), and every link from them into the inputs of the nodes that stay."""
-    removed = {node_id for node_id, node in graph.items()
-               if any(node.get("_meta", {}).get("title") == character_slot(number)
-                      for number in range(used + 1, MAX_CHARACTER_SLOTS + 1))}
+    galleries and states), and every link from them into the inputs of the nodes that stay."""
+    return without_titled(graph, {character_slot(number) for number in range(used + 1, MAX_CHARACTER_SLOTS + 1)})
+
+
+def without_titled(graph: dict, titles) -> dict:
+    """The graph without the nodes titled one of `titles`, the nodes fed by nothing else, and every link from
+    them into the inputs of the nodes that stay (wire such nodes into optional inputs)."""
+    titles = set(titles)
+    removed = {node_id for node_id, node in graph.items() if node.get("_meta", {}).get("title") in titles}
     while True:
         fed_only_by_removed = {node_id for node_id, node in graph.items() if node_id not in removed and (
             links := [value[0] for value in node["inputs"].values() if _is_link(value)]) and set(links) <= removed}
@@ -289,25 +317,69 @@ class SetError(PresetError):
         self.key = key
 
 
+def is_sound_only(graph: dict) -> bool:
+    """Whether everything the graph saves is sound (its Save nodes are audio savers): a shot's size is not its."""
+    savers = nodes_titled(graph, "Save")
+    return bool(savers) and all("Audio" in node.get("class_type", "") for node in savers)
+
+
+def state_slot(number: int) -> str:
+    return f"State {number}"
+
+
+def continuity_slot(number: int) -> str:
+    return f"Continuity {number}"
+
+
 def fill_preset(graph: dict, shot: Shot, checkpoint: str | None, filename_prefix: str,
-                image_name: str | None = None, object_info: dict | None = None) -> tuple[dict, dict]:
+                image_name: str | None = None, object_info: dict | None = None, anchor_image: str | None = None,
+                states: dict[str, dict] | None = None, voice: dict | None = None,
+                continuity_faces: dict[str, str] | None = None) -> tuple[dict, dict]:
     """A copy of the preset graph with the shot's values in place, and the values filled (recorded per attempt).
 
-    `image_name` is the shot's image as uploaded to the server (what LoadImage takes), not its local path.
+    `image_name` is the shot's image as uploaded to the server (what LoadImage takes), not its local path;
+    `anchor_image` likewise the frame its "Colour Anchor" matches (without one, the "Anchor Image" loader and its
+    link are taken out), and `continuity_faces` each character's face from its best approved shot so far, for
+    its "Continuity N" loader (feeding its gallery; taken out for a character with none). `states` holds each character's state (outfit, injuries, props, emotion, notes), filled
+    into its "State N" node; `voice` ({engine, voice}) the speaker's voice for the "Dialogue" node.
     The shot's fields go into the titled or inferred nodes (shot_targets), then its `set` entries, checked
     against `object_info` when given (else against the graph: the node and the input exist).
     """
     characters = shot.characters or []
     check_character_slots(shot.workflow, graph, len(characters))
     graph = copy.deepcopy(graph)
+    faces = {number: (continuity_faces or {}).get(name) for number, name in enumerate(characters, start=1)}
+    graph = without_titled(graph, {continuity_slot(number) for number in range(1, MAX_CHARACTER_SLOTS + 1)
+                                   if not faces.get(number)})
     if characters:  # a shot naming none keeps the preset's own characters
         graph = without_unused_slots(graph, len(characters))
-    values = {**shot.as_dict(), "checkpoint": checkpoint, "image": image_name}
+    if anchor_image is None:
+        graph = without_titled(graph, {ANCHOR_IMAGE_TITLE})
+    values = {**shot.as_dict(), "checkpoint": checkpoint, "image": image_name, "anchor_image": anchor_image,
+              "dialogue": spoken_line(shot.dialogue)}
     filled = {}
     for number, character in enumerate(characters, start=1):
         for node in nodes_titled(graph, character_slot(number)):
             node["inputs"]["character"] = character
         filled[f"{character_slot(number)}.character"] = character
+        for node in nodes_titled(graph, continuity_slot(number)):
+            node["inputs"]["image"] = faces[number]
+            filled[f"{continuity_slot(number)}.image"] = faces[number]
+        state = (states or {}).get(character, {})
+        for node in nodes_titled(graph, state_slot(number)):
+            for field in STATE_INPUTS:
+                node["inputs"][field] = state.get(field, "")
+        if state and nodes_titled(graph, state_slot(number)):
+            filled[f"{state_slot(number)}.fragment"] = state_fragment(state)
+            filled.update({f"{state_slot(number)}.{field}": value for field, value in state.items()})
+        elif state:
+            filled[f"{state_slot(number)}.fragment"] = f"not used: the preset has no node titled {state_slot(number)!r}"
+    if voice:
+        for node in nodes_titled(graph, "Dialogue"):
+            node["inputs"]["engine"] = voice["engine"]
+            node["inputs"][VOICE_INPUTS[voice["engine"]]] = voice["voice"]
+            filled["Dialogue.engine"], filled[f"Dialogue.{VOICE_INPUTS[voice['engine']]}"] = \
+                voice["engine"], voice["voice"]
     targets, roles = shot_targets(graph)
     taken: set[str | None] = set()
     for title, found in targets.items():
@@ -318,6 +390,8 @@ def fill_preset(graph: dict, shot: Shot, checkpoint: str | None, filename_prefix
                 value = filename_prefix if field is None else values.get(field)
                 if value is None or (not titled and field == "negative" and value == ""):
                     continue  # the preset's own value stands (an untitled graph keeps its negative)
+                if PREFERRED_INPUTS.get(input_name) in node["inputs"]:
+                    input_name = PREFERRED_INPUTS[input_name]  # a video latent's `length`, not its `batch_size`
                 if input_name not in node["inputs"]:
                     raise PresetError(f"preset {shot.workflow!r}: node titled {title!r} ({node['class_type']}) "
                                       f"has no input {input_name!r}")
@@ -325,13 +399,15 @@ def fill_preset(graph: dict, shot: Shot, checkpoint: str | None, filename_prefix
                 filled[f"{title}.{input_name}"] = value
                 taken.add(field)
     convention = any(ids_titled(graph, title) for title in ("Sampler", *PROMPT_TITLES))
+    sound_only = is_sound_only(graph)  # music takes no width or height
     drives_itself = bool(shot.set)  # a shot with `set` may leave the roles that cannot be inferred to it
     for title, inputs in SHOT_INPUTS.items():
         for field in inputs.values():
             value = filename_prefix if field is None else values.get(field)
             if field in taken or value is None or value == "" or (field == "checkpoint" and not shot.checkpoint) \
                     or (not convention and field in UNTITLED_OPTIONAL and not (field == "checkpoint"
-                                                                              and shot.checkpoint)):
+                                                                              and shot.checkpoint)) \
+                    or (sound_only and field in ("width", "height")):
                 continue
             titles = [name for name, ins in SHOT_INPUTS.items() if field in ins.values()]
             unclear = next((roles.ambiguous[name] for name in titles if name in roles.ambiguous), None)

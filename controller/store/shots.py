@@ -7,7 +7,9 @@
     release / reclaim_lapsed   running -> queued (a controller stopping, or one that died)
     cancel_shot / cancel_batch -> cancelled                   (NOTIFY cancelled <batch>: the prompt is interrupted)
     retry_shot      final -> queued, one more attempt allowed
-    review_shot     needs_review -> approved | rejected
+    review_shot     needs_review -> approved | rejected; rejected -> approved (a person overrides the checks)
+    (a trigger)     waiting -> queued | blocked, blocked -> waiting | queued: shots that continue another follow
+                    its status (db/migrations/0008_continuity.sql), in the same transaction
 
 Each transition is one statement (a claim also opens the attempt; a finish also writes the outputs, verdicts and
 per-character scores), which is what keeps the controller's own cost per shot small. Every transition NOTIFYs
@@ -25,6 +27,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from shotline_controller.contract import continued_shots
 from shotline_controller.store.leases import LeaseQueue, LeaseTable
 from shotline_controller.store.status import (
     EVENTS_CHANNEL,
@@ -32,6 +35,7 @@ from shotline_controller.store.status import (
     OPEN_ATTEMPT_STATUSES,
     OPEN_SHOT_STATUSES,
     RETRYABLE_SHOT_STATUSES,
+    RUNNABLE_SHOT_STATUSES,
     AttemptStatus,
     ShotStatus,
     sql_in,
@@ -43,6 +47,10 @@ OPEN = sql_in(OPEN_SHOT_STATUSES)
 OPEN_ATTEMPT = sql_in(OPEN_ATTEMPT_STATUSES)
 FINAL = sql_in(FINAL_SHOT_STATUSES)
 LOST = AttemptStatus.LOST.value
+# the outputs of attempt `a` as a JSON array of {node_id, kind, filename, subfolder, type}
+ATTEMPT_OUTPUTS = ("coalesce((SELECT json_agg(json_build_object('node_id', o.node_id, 'kind', o.kind, "
+                   "'filename', o.filename, 'subfolder', o.subfolder, 'type', o.folder_type) ORDER BY o.id) "
+                   "FROM outputs o WHERE o.attempt_id = a.id), '[]')")
 
 
 def _notify(kind: str, batch: str) -> str:
@@ -63,6 +71,8 @@ class ClaimedShot:
     last_attempt: dict | None        # {id, prompt_id, backend, status} of the latest attempt before this claim
     attempt_id: uuid.UUID | None     # the attempt this claim opened (None: reconcile the last one, or no attempts
     prompt_id: uuid.UUID | None      #   left), and the prompt_id it will be queued under on ComfyUI
+    position: int = 0                # its place in the batch's list
+    after_shot: uuid.UUID | None = None  # the shot it continues (approved, or it would not be queued)
 
 
 @dataclass(frozen=True)
@@ -89,13 +99,14 @@ def claimed_shot(row: dict | None) -> ClaimedShot | None:
     return ClaimedShot(id=row["id"], batch_id=row["batch_id"], shot_key=row["shot_key"], workflow=row["workflow"],
                        params={**row["params"], **(row["next_params"] or {})}, correction=row["next_correction"],
                        attempts=row["attempts"], max_attempts=row["max_attempts"], last_attempt=row["last_attempt"],
-                       attempt_id=row["attempt_id"], prompt_id=row["prompt_id"])
+                       attempt_id=row["attempt_id"], prompt_id=row["prompt_id"], position=row["position"],
+                       after_shot=row["after_shot"])
 
 
 # --- claims: one statement takes the next shot and opens its attempt --------------------------------------------
 
 _CLAIMED_COLUMNS = ("x.id, x.batch_id, x.shot_key, x.workflow, x.params, x.next_params, x.next_correction, "
-                    "x.max_attempts")
+                    "x.max_attempts, x.position, x.after_shot")
 _CLAIM_REST = f"""
 , history AS (
     SELECT count(*) FILTER (WHERE a.status <> '{LOST}') AS attempts, max(a.attempt_no) AS last_no
@@ -201,9 +212,12 @@ class ShotStore:
     # --- submitting -----------------------------------------------------------------------------------------
 
     async def submit_batch(self, shots, source: str, webhook_url: str | None = None, max_attempts: int = 3,
-                           priority: int = 0) -> tuple[uuid.UUID, list[uuid.UUID]]:
-        """Queue `shots` (contract.Shot) as a new batch; returns its id and the shots' ids in list order."""
+                           priority: int = 0, states=()) -> tuple[uuid.UUID, list[uuid.UUID]]:
+        """Queue `shots` (contract.Shot) as a new batch; returns its id and the shots' ids in list order. A shot
+        with `continuity: previous` waits for the shot before it in its scene. `states`: the list's character
+        state changes, (position, character, fields) (contract.state_changes)."""
         rows = await asyncio.to_thread(_as_json, shots) if len(shots) > 200 else _as_json(shots)
+        continued = continued_shots(shots)
         async with self.pool.connection() as conn, conn.transaction():
             batch_id = (await (await conn.execute(
                 "INSERT INTO batches (source, webhook_url) VALUES (%s, %s) RETURNING id",
@@ -215,6 +229,18 @@ class ShotStore:
                 "ORDER BY s.position RETURNING id, position",
                 (batch_id, max_attempts, priority, rows))
             shot_ids = [row[0] for row in sorted(await cursor.fetchall(), key=lambda row: row[1])]
+            links = [(shot_ids[index], shot_ids[before]) for index, before in enumerate(continued)
+                     if before is not None]
+            if links:
+                await conn.execute(
+                    f"UPDATE shots s SET after_shot = l.before, status = '{ShotStatus.WAITING}' "
+                    "FROM unnest(%s::uuid[], %s::uuid[]) AS l(shot, before) WHERE s.id = l.shot",
+                    ([a for a, _ in links], [b for _, b in links]))
+            if states:
+                await conn.cursor().executemany(
+                    "INSERT INTO character_states (batch_id, character_name, from_position, fields, source) "
+                    "VALUES (%s, %s, %s, %s, 'shot list')",
+                    [(batch_id, name, position, Jsonb(fields)) for position, name, fields in states])
             await conn.execute(f"SELECT {_notify('queued', '%s::uuid')}", (batch_id,))
         return batch_id, shot_ids
 
@@ -358,11 +384,13 @@ class ShotStore:
             "RETURNING b.id"), (shot_id,)))
 
     async def review_shot(self, shot_id: uuid.UUID, approve: bool) -> bool:
-        """A person's decision on a shot in the review band."""
+        """A person's decision on a shot in the review band, or their approval of a shot the checks rejected
+        (which releases the shots that continue it)."""
         status = ShotStatus.APPROVED if approve else ShotStatus.REJECTED
+        reviewable = sql_in((ShotStatus.NEEDS_REVIEW, ShotStatus.REJECTED) if approve else (ShotStatus.NEEDS_REVIEW,))
         return bool(await self._transition("changed", (
             f"UPDATE shots SET status = %s, updated_at = now() WHERE id = %s "
-            f"AND status = '{ShotStatus.NEEDS_REVIEW}' RETURNING batch_id"), (status.value, shot_id)))
+            f"AND status IN {reviewable} RETURNING batch_id"), (status.value, shot_id)))
 
     # --- batches --------------------------------------------------------------------------------------------
 
@@ -391,13 +419,16 @@ class ShotStore:
         counts = batch["counts"]
         total = sum(counts.values())
         done = sum(n for status, n in counts.items() if status in FINAL_SHOT_STATUSES)
-        return {**batch, "total": total, "done": done, "finished": total > 0 and done == total}
+        runnable = sum(n for status, n in counts.items() if status in RUNNABLE_SHOT_STATUSES)
+        return {**batch, "total": total, "done": done, "finished": total > 0 and done == total,
+                "settled": total > 0 and runnable == 0}
 
     async def batch_shots(self, batch_id: uuid.UUID) -> list[dict]:
         async with self.pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute(
                 "SELECT s.id, s.shot_key, s.status, s.params, s.max_attempts, "
+                "  (SELECT p.shot_key FROM shots p WHERE p.id = s.after_shot) AS continues, "
                 f"  (SELECT count(*) FROM attempts a WHERE a.shot_id = s.id AND a.status <> '{LOST}') AS attempts, "
                 "  (SELECT v.details FROM verdicts v JOIN attempts a ON a.id = v.attempt_id WHERE a.shot_id = s.id "
                 "   ORDER BY a.attempt_no DESC, (v.check_name = 'shot') DESC, v.id LIMIT 1) AS verdict, "
@@ -418,7 +449,8 @@ class ShotStore:
         async with self.pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute("SELECT id, batch_id, shot_key, workflow, status, params, max_attempts, created_at, "
-                                 "updated_at FROM shots WHERE id = %s", (shot_id,))
+                                 "updated_at, (SELECT p.shot_key FROM shots p WHERE p.id = s.after_shot) AS continues "
+                                 "FROM shots s WHERE id = %s", (shot_id,))
             shot = await cursor.fetchone()
             if shot is None:
                 return None
@@ -427,10 +459,8 @@ class ShotStore:
                 "  a.queued_at, a.started_at, a.finished_at, "
                 "  coalesce((SELECT json_agg(v.details ORDER BY v.id) FROM verdicts v WHERE v.attempt_id = a.id), "
                 "           '[]') AS verdicts, "
-                "  coalesce((SELECT json_agg(json_build_object('node_id', o.node_id, 'kind', o.kind, "
-                "     'filename', o.filename, 'subfolder', o.subfolder, 'type', o.folder_type) ORDER BY o.id) "
-                "     FROM outputs o WHERE o.attempt_id = a.id), '[]') AS outputs "
-                "FROM attempts a WHERE a.shot_id = %s ORDER BY a.attempt_no", (shot_id,))
+                f"  {ATTEMPT_OUTPUTS} AS outputs FROM attempts a WHERE a.shot_id = %s ORDER BY a.attempt_no",
+                (shot_id,))
             shot["attempts"] = await cursor.fetchall()
         return shot
 

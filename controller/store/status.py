@@ -6,6 +6,9 @@ checks them against the CHECK constraints of the migrations.
 
     shot:     queued -> running -> approved | needs_review | rejected | failed      (or cancelled at any time)
               running -> queued again (a correction, a lost backend, a lapsed lease)
+              waiting -> queued when the shot it continues is approved; waiting -> blocked when that shot ends
+              otherwise (rejected, failed, cancelled); blocked -> waiting when it is retried (a trigger in
+              db/migrations/0008_continuity.sql moves them, in the transaction that moves the shot before)
     attempt:  queued -> running -> succeeded | failed | lost | cancelled
     job:      queued -> running -> done | failed;  running -> queued (a lapsed lease)
 """
@@ -22,9 +25,14 @@ class ShotStatus(StrEnum):
     REJECTED = "rejected"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    WAITING = "waiting"    # continues a shot not approved yet
+    BLOCKED = "blocked"    # continues a shot that ended without approval: waits for a person to retry or approve it
 
 
-OPEN_SHOT_STATUSES = (ShotStatus.QUEUED, ShotStatus.RUNNING)
+OPEN_SHOT_STATUSES = (ShotStatus.QUEUED, ShotStatus.RUNNING, ShotStatus.WAITING, ShotStatus.BLOCKED)
+# a batch with none of these is settled: a waiting shot then waits on a chain that a person must move on (a
+# blocked shot or one in needs_review at its head), since the trigger queues dependants as their shot is approved
+RUNNABLE_SHOT_STATUSES = (ShotStatus.QUEUED, ShotStatus.RUNNING)
 FINAL_SHOT_STATUSES = (ShotStatus.APPROVED, ShotStatus.NEEDS_REVIEW, ShotStatus.REJECTED, ShotStatus.FAILED,
                        ShotStatus.CANCELLED)
 RETRYABLE_SHOT_STATUSES = (ShotStatus.FAILED, ShotStatus.REJECTED, ShotStatus.CANCELLED, ShotStatus.NEEDS_REVIEW)

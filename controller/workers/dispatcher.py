@@ -38,10 +38,12 @@ from shotline.core.gallery_cache import CACHE_FOLDER, most_typical_reference
 
 from shotline_controller.comfy.corrections import CorrectionContext, choose_correction
 from shotline_controller.comfy.presets import (
+    ANCHOR_IMAGE_TITLE,
     PresetError,
     accepted_fields,
     fill_preset,
     find_preset,
+    ids_titled,
     load_preset,
     shot_targets,
 )
@@ -52,7 +54,7 @@ from shotline_controller.comfy.results import (
     combo_options,
     shot_status,
 )
-from shotline_controller.contract import InputError, Shot
+from shotline_controller.contract import DEFAULT_SCENE, InputError, Shot
 from shotline_controller.metrics import ControllerMetrics
 from shotline_controller.settings import is_random_checkpoint
 from shotline_controller.store.notifications import Notifications
@@ -60,6 +62,7 @@ from shotline_controller.store.shots import ClaimedShot, NextClaim, ShotStore
 from shotline_controller.store.status import OPEN_ATTEMPT_STATUSES, AttemptStatus, ShotStatus
 from shotline_controller.media.sniff import sniff
 from shotline_controller.store.uploads import UploadStore
+from shotline_controller.workers.continuity import LAST_FRAME_TITLE, Continuity, FrameUnavailable
 
 log = logging.getLogger("shotline.dispatcher")
 DATABASE_TROUBLE = (psycopg.OperationalError, PoolTimeout)
@@ -98,6 +101,7 @@ class Dispatcher:
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.held: dict[uuid.UUID, Holding] = {}                            # shot -> its backend and prompt
         self.cancelled: set[uuid.UUID] = set()                              # held shots whose prompt we stopped
+        self.continuity = Continuity(pool, lambda: self.backends[0].session, self._last_frame_nodes)
         self._object_info: dict[str, dict] = {}
         self._presets: dict[tuple[str, str], tuple[int, dict]] = {}
         self._uploaded: dict[tuple[str, str], str] = {}
@@ -285,9 +289,22 @@ class Dispatcher:
             object_info = await self._backend_object_info(backend)
             preset = await self._preset(shot.workflow, backend, object_info)
             checkpoint = choose_checkpoint(params, combo_options(object_info, "CheckpointLoaderSimple", "ckpt_name"))
+            carried, carried_inputs = await self._carried_over(shot, params, preset, backend)
+            if carried.get("image"):
+                params = params.model_copy(update={"image": carried["image"]})
             image_name = await self._input_image(backend, params.image) if params.image else None
             graph, inputs = fill_preset(preset, params, checkpoint, image_name=image_name, object_info=object_info,
-                                        filename_prefix=f"shotline/{str(shot.batch_id)[:8]}/{shot.shot_key}")
+                                        filename_prefix=f"shotline/{str(shot.batch_id)[:8]}/{shot.shot_key}",
+                                        anchor_image=carried.get("anchor_image"), states=carried.get("states"),
+                                        voice=carried.get("voice"), continuity_faces=carried.get("continuity_faces"))
+            inputs.update(carried_inputs)
+        except FrameUnavailable as error:  # the frame it starts from is on a backend that is down, or gone
+            if error.permanent:
+                await self.store.finish_attempt(attempt_id, ShotStatus.FAILED, error={"exception_message": str(error)})
+                return ShotStatus.FAILED.value, None
+            await self.store.finish_attempt(attempt_id, ShotStatus.QUEUED, attempt_status=AttemptStatus.LOST,
+                                            error={"exception_message": str(error)})
+            raise BackToQueue(str(error)) from error
         except (PresetError, RenderError, InputError, ValueError, OSError) as error:
             # a shot this controller cannot build: record why, never loop on it
             await self.store.finish_attempt(attempt_id, ShotStatus.FAILED, error={"exception_message": str(error)})
@@ -321,6 +338,72 @@ class Dispatcher:
         outcome, following = await self._record(backend, shot, attempt_id, result, attempt_no, inputs)
         self.metrics.attempt_seconds.labels(outcome).observe(time.monotonic() - started)
         return outcome, following
+
+    # --- what carries over from the shots before ----------------------------------------------------------
+
+    async def _carried_over(self, shot: ClaimedShot, params: Shot, preset: dict,
+                            backend: ComfyBackend) -> tuple[dict, dict]:
+        """What this shot takes from the story so far, for fill_preset (image: the continued shot's last frame;
+        anchor_image; states; voice), and what the attempt records about where each came from."""
+        carried, record = {}, {}
+        if shot.after_shot is not None:
+            frame = await self.continuity.last_frame(shot.after_shot)
+            if frame is None:
+                raise InputError("continuity", "the shot it continues saved no image to start from")
+            carried["image"] = frame["ref"]
+            record["continuity.start_frame"] = {"shot": frame["shot"], "sha256": frame["sha256"],
+                                                "file": frame["file"]}
+        anchoring = params.colour_anchor if params.colour_anchor is not None else params.continuity == "previous"
+        if anchoring and ids_titled(preset, ANCHOR_IMAGE_TITLE):
+            anchor_id = await self.continuity.store.scene_anchor(shot.batch_id, params.scene, shot.position)
+            frame = anchor_id and await self.continuity.last_frame(anchor_id)
+            if frame:
+                carried["anchor_image"] = await self._input_image(backend, frame["ref"])
+                record["continuity.colour_anchor"] = {"shot": frame["shot"], "sha256": frame["sha256"]}
+            else:
+                record["continuity.colour_anchor"] = "none: the scene has no approved shot before this one"
+        if params.characters:
+            carried["states"] = await self.continuity.store.states_at(shot.batch_id, params.characters,
+                                                                      shot.position)
+            position = await self.continuity.store.scene_position(shot.batch_id, params.scene)
+            faces = {}
+            for name in params.characters:
+                kept = await self.continuity.store.freshest_frame(shot.batch_id, params.scene, position, name)
+                if kept and kept["face_ref"] and ids_titled(preset, "Continuity 1"):
+                    faces[name] = await self._input_image(backend, kept["face_ref"])
+                record[f"continuity.reference.{name}"] = (
+                    {"scene": kept["scene"], "shot": kept["shot_key"], "score": kept["score"],
+                     "face": kept["face_ref"], "frame": kept["frame_ref"],
+                     "in_gallery": name in faces} if kept else "library")
+            carried["continuity_faces"] = faces
+        if isinstance(params.dialogue, dict):
+            [speaker] = params.dialogue
+            found = await asyncio.to_thread(self._characters, [speaker])
+            voice = found[0].sheet.voice if found else None
+            if voice:
+                carried["voice"] = {"engine": voice.engine, "voice": voice.voice}
+            record["Dialogue.speaker"] = speaker if voice else f"{speaker} (no voice on the sheet: the preset's)"
+        return carried, record
+
+    async def _last_frame_nodes(self, workflow: str) -> set[str]:
+        try:
+            graph = await asyncio.to_thread(load_preset, workflow, None)
+        except PresetError:
+            return set()
+        return set(ids_titled(graph, LAST_FRAME_TITLE))
+
+    async def _keep_character_frames(self, shot: ClaimedShot, attempt_id: uuid.UUID, backend: ComfyBackend,
+                                     files: list[dict], verdicts: list[dict]) -> None:
+        """An approved character shot's best faces kept for the shots after it (a failure costs only that)."""
+        scene = shot.params.get("scene", DEFAULT_SCENE)
+        try:
+            kept = await self.continuity.keep_character_frames(shot, scene, attempt_id, backend.base_url, files,
+                                                               verdicts)
+        except (FrameUnavailable, OSError) as error:
+            log.warning("%s: its continuity frames were not kept: %s", shot.shot_key, error)
+            return
+        if kept:
+            log.info("%s: kept as the continuity frame of %s in scene %s", shot.shot_key, ", ".join(kept), scene)
 
     async def _settle_recorded(self, shot: ClaimedShot) -> tuple[str, None]:
         """A shot claimed with no attempt left to run: its status is what its last recorded attempt decided
@@ -365,7 +448,7 @@ class Dispatcher:
             if status in (ShotStatus.REJECTED, ShotStatus.FAILED) and attempt_no < shot.max_attempts:
                 correction = choose_correction(shot.params, retry_verdicts, attempt_no, shot.correction,
                                                await self._correction_context(shot, backend))
-                changes = await self._with_reference_image(correction)
+                changes = await self._with_reference_image(correction, shot)
                 retry = {"params": {**shot.params, **changes}, "correction": correction}
         started = time.perf_counter()
         recorded, following = await self.store.finish_and_claim(
@@ -375,6 +458,8 @@ class Dispatcher:
             self.metrics.claim_seconds.observe(time.perf_counter() - started)
         if not recorded:
             return "recorded elsewhere", following
+        if status is ShotStatus.APPROVED and not retry and shot.params.get("characters"):
+            await self._keep_character_frames(shot, attempt_id, backend, files, verdicts)
         return (ShotStatus.QUEUED.value if retry else status.value), following
 
     # --- what identity corrections need -------------------------------------------------------------------
@@ -403,12 +488,20 @@ class Dispatcher:
                                  has_input_image=bool(cached and "Input Image" in shot_targets(cached[1])[0]),
                                  fields=accepted_fields(cached[1]) if cached else None)
 
-    async def _with_reference_image(self, correction: dict) -> dict:
+    async def _with_reference_image(self, correction: dict, shot: ClaimedShot) -> dict:
         """The correction's changes, with `reference_image_of` (identity rung 3) turned into the upload of that
-        character's most typical reference; without one, the rung's other changes stand."""
+        character's freshest continuity frame (its best approved shot so far: this scene's, else an earlier
+        one's), else its most typical library reference; without either, the rung's other changes stand."""
         changes = dict(correction["changes"])
         name = changes.pop("reference_image_of", None)
         if name is None:
+            return changes
+        scene = shot.params.get("scene", DEFAULT_SCENE)
+        kept = await self.continuity.store.freshest_frame(
+            shot.batch_id, scene, await self.continuity.store.scene_position(shot.batch_id, scene), name)
+        if kept:
+            changes["image"] = kept["frame_ref"]
+            correction["reference"] = f"continuity frame of {name} from shot {kept['shot_key']} ({kept['scene']})"
             return changes
         try:
             found = await asyncio.to_thread(self._characters, [name])

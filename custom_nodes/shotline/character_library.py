@@ -7,7 +7,8 @@ import folder_paths
 from comfy_api.latest import io
 
 from . import model_folders
-from .core.characters import SHEET_FILE, compose_prompts, find_characters, load_character, reference_images
+from .core.characters import (SHEET_FILE, CharacterSheetError, compose_prompts, find_characters, load_character,
+                              reference_images)
 
 Character = io.Custom("SHOTLINE_CHARACTER")
 
@@ -55,7 +56,11 @@ class LoadCharacter(io.ComfyNode):
 
     @classmethod
     def execute(cls, character) -> io.NodeOutput:
-        loaded = load_character(library()[character])
+        folder = library()[character]
+        try:
+            loaded = load_character(folder)
+        except CharacterSheetError as error:  # the field alone does not say which sheet
+            raise CharacterSheetError(error.field, f"{error.message} (in {folder / SHEET_FILE})") from None
         return io.NodeOutput(loaded, loaded.sheet.design_prompt, loaded.sheet.negative_prompt)
 
 
@@ -83,8 +88,9 @@ class CharacterPrompt(io.ComfyNode):
             node_id="ShotlineCharacterPrompt",
             display_name="Character Prompt",
             category="Shotline/characters",
-            description="The shot's prompt followed by each character's design prompt, and the shot's negative "
-                        "followed by each character's negative prompt, in the order connected; encoded with CLIP. "
+            description="The shot's prompt followed by each character's design prompt (and right after it the "
+                        "state a Character State gave it), and the shot's negative followed by each character's "
+                        "negative prompt, in the order connected; encoded with CLIP. "
                         "The composed texts are outputs too, to see or reuse them.",
             inputs=[
                 io.Clip.Input("clip"),
@@ -106,7 +112,7 @@ class CharacterPrompt(io.ComfyNode):
     def execute(cls, clip, text, negative, character_weight, character, character_2=None, character_3=None,
                 character_4=None) -> io.NodeOutput:
         characters = connected(character, character_2, character_3, character_4)
-        positive, negative = compose_prompts(text, negative, [c.sheet for c in characters], character_weight)
+        positive, negative = compose_prompts(text, negative, characters, character_weight)
         return io.NodeOutput(clip.encode_from_tokens_scheduled(clip.tokenize(positive)),
                              clip.encode_from_tokens_scheduled(clip.tokenize(negative)), positive, negative)
 

@@ -5,6 +5,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .audio_mix import DuckAndMix
 from .character_library import ApplyCharacterLoras, CharacterPrompt, LoadCharacter
+from .character_state import CharacterState
 from .color_grade import ColorGrade
 from .dialogue_speech import DialogueSpeech
 from .face_refine import FaceRefine
@@ -21,6 +22,6 @@ from .upscale import Upscale
 class ShotlineExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [ShotQualityScore, IdentityCheck, TemporalCoherence, ShotVerdict, LoadCharacter,
+        return [ShotQualityScore, IdentityCheck, TemporalCoherence, ShotVerdict, LoadCharacter, CharacterState,
                 ApplyCharacterLoras, CharacterPrompt, CharacterGallery, FaceRefine, SaveMP4, LastFrame, ColorGrade,
                 DialogueSpeech, DuckAndMix, Upscale, InterpolateFrames]

@@ -21,7 +21,7 @@ from .character_library import Character, refuse_repeats
 from .check_outputs import check_outputs, verdict_output
 from .core.face_embedding import load_embedder
 from .core.faces import DEFAULT_DETECTOR, load_detector
-from .core.gallery_cache import CACHE_FOLDER, GalleryCache, backend_key, reference_embedder
+from .core.gallery_cache import CACHE_FOLDER, GalleryCache, backend_key, embed_picture, reference_embedder
 from .core.identity import DEFAULT_THRESHOLD, aggregate_frames, check_identity
 from .core.models import MODEL_FOLDERS, ModelMissingError
 
@@ -39,7 +39,7 @@ class CharacterGalleryData:
     embedder: tuple[str, str | None]
     embeddings: np.ndarray           # (references with a face, D)
     faceless: list[str]              # references in which no face was found
-    design_prompt: str = ""          # the sheet's prompts, so Face Refine prompts each face as its character
+    design_prompt: str = ""          # design prompt + state, so Face Refine prompts each face as its character
     negative_prompt: str = ""
 
 
@@ -140,12 +140,17 @@ class CharacterGallery(io.ComfyNode):
                                tooltip="A YOLOv8-style face detector ONNX in models/anime_face_detectors/."),
                 io.Combo.Input("character_embedder", options=onnx_files(model_folders.CHARACTER_EMBEDDERS) or [NONE],
                                tooltip="A CCIP-style embedder ONNX in models/character_embedders/."),
+                io.Image.Input("continuity_face", optional=True,
+                               tooltip="The character as the story last showed it (the controller fills it with "
+                                       "the face of its best approved shot so far): embedded first, beside the "
+                                       "references."),
             ],
             outputs=[Gallery.Output(display_name="gallery")],
         )
 
     @classmethod
-    def execute(cls, character, backend, insightface_pack, anime_face_detector, character_embedder) -> io.NodeOutput:
+    def execute(cls, character, backend, insightface_pack, anime_face_detector, character_embedder,
+                continuity_face=None) -> io.NodeOutput:
         if not character.references:
             raise ValueError(f"character {character.name!r} has no reference images: put some in "
                              f"{character.folder / 'references'}")
@@ -163,6 +168,14 @@ class CharacterGallery(io.ComfyNode):
             return vector
         embeddings, faceless = GalleryCache(character.folder / CACHE_FOLDER).gallery(
             character.references, key, embed_with_progress)
+        if continuity_face is not None:
+            faces = [embed_picture(detector, embedder, frame.cpu().numpy().astype(np.float32))
+                     for frame in continuity_face]
+            faces = [vector for vector in faces if vector is not None]
+            if not faces:
+                raise ValueError(f"no face found in the continuity face of {character.name!r} with the {key} "
+                                 "backend: disconnect it, or give a picture of the character's face")
+            embeddings = np.vstack([np.stack(faces), embeddings]) if len(embeddings) else np.stack(faces)
         if len(embeddings) == 0:
             raise ValueError(f"no face found in any reference image of {character.name!r} with the {key} backend "
                              f"({', '.join(p.name for p in character.references)})")
@@ -170,7 +183,7 @@ class CharacterGallery(io.ComfyNode):
             name=character.name, threshold=character.sheet.thresholds.get("identity"), backend=key,
             detector=(detector_kind, detector_path), embedder=(embedder_kind, embedder_path),
             embeddings=embeddings, faceless=[str(p) for p in faceless],
-            design_prompt=character.sheet.design_prompt, negative_prompt=character.sheet.negative_prompt))
+            design_prompt=character.design_with_state(), negative_prompt=character.sheet.negative_prompt))
 
 
 class IdentityCheck(io.ComfyNode):

@@ -195,3 +195,16 @@ def test_missing_insightface_pack_names_the_file(comfy, comfy_server, two_charac
     error = next(data for kind, data in entry["status"]["messages"] if kind == "execution_error")
     assert "det_10g.onnx" in error["exception_message"]
     assert "models/insightface/models/buffalo_l/" in error["exception_message"]
+
+
+def test_a_continuity_face_joins_the_characters_gallery(comfy, comfy_server, two_characters):
+    """The controller feeds a character's face from its best approved shot into its gallery: the same frame as
+    before then scores the face it was given as that character much higher."""
+    frame = group_picture(two_characters[0], two_characters[3])
+    graph = identity_graph(save_input(comfy_server, "swap.png", frame))
+    before = run_with_controller_client(comfy.url, graph)["identity"]["characters"]["Chiara"]["score"]
+    graph["7"] = {"class_type": "LoadImage", "inputs": {"image": save_input(comfy_server, "kept_face.png",
+                                                                            two_characters[3])}}
+    graph["2g"]["inputs"]["continuity_face"] = ["7", 0]
+    after = run_with_controller_client(comfy.url, graph)["identity"]["characters"]["Chiara"]
+    assert after["score"] > before + 0.2 and after["passed"], (before, after)

@@ -69,7 +69,7 @@ def widget_value(value, spec: list):
 
 def test_every_shotline_node_is_found_by_searching_shotline(object_info):
     nodes = shotline_nodes(object_info)
-    assert len(nodes) >= 16
+    assert len(nodes) >= 17
     assert {name: info["display_name"] for name, info in nodes.items()
             if "shotline" not in f"{name} {info['display_name']}".lower()} == {}
     # the ids saved graphs name stay what they were

@@ -228,3 +228,38 @@ def test_a_shot_queued_again_while_its_attempt_ran_is_ended_by_that_attempt_not_
     assert recorded and following is None
     assert status == [("rejected",)]
     assert last["status"] == "succeeded" and last["verdicts"] == []
+
+
+def test_a_continuing_shot_waits_is_blocked_and_released_with_the_shot_it_continues(database_url):
+    """The trigger moves dependants in the transaction that moves their shot: nothing can strand them."""
+    async def work(pool):
+        store = ShotStore(pool)
+        _, (one, two, three, other) = await store.submit_batch(shots_of([
+            {"id": "a", "prompt": "x", "scene": "s"}, {"id": "b", "prompt": "x", "scene": "s", "continuity": "previous"},
+            {"id": "c", "prompt": "x", "scene": "s", "continuity": "previous"}, {"id": "z", "prompt": "x"}]),
+            "test", max_attempts=1)
+
+        async def statuses():
+            found = dict(await rows(pool, "SELECT id, status FROM shots WHERE id = ANY(%s)",
+                                    ([one, two, three, other],)))
+            return [found[key] for key in (one, two, three, other)]
+        seen = [await statuses()]
+        claimed = [await store.claim("w", 30, "http://b") for _ in range(3)]
+        assert sorted(shot.shot_key for shot in claimed if shot) == ["a", "z"]  # b and c wait: never claimed
+        first = next(shot for shot in claimed if shot and shot.shot_key == "a")
+        await store.finish_attempt(first.attempt_id, ShotStatus.REJECTED)
+        seen.append(await statuses())
+        await store.retry_shot(one)
+        seen.append(await statuses())
+        again = await store.claim("w", 30, "http://b")
+        await store.finish_attempt(again.attempt_id, ShotStatus.REJECTED)
+        await store.review_shot(one, approve=True)  # a person approves the shot the checks rejected
+        seen.append(await statuses())
+        batch = await store.batch(first.batch_id)
+        return seen, batch["settled"], (await store.claim("w", 30, "http://b")).shot_key
+    seen, settled, next_key = run(database_url, work)
+    assert seen == [["queued", "waiting", "waiting", "queued"],
+                    ["rejected", "blocked", "waiting", "running"],
+                    ["queued", "waiting", "waiting", "running"],
+                    ["approved", "queued", "waiting", "running"]]
+    assert not settled and next_key == "b"

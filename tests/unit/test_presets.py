@@ -121,6 +121,61 @@ def test_a_shot_naming_no_characters_keeps_the_presets_own():
     assert not any(key.startswith("Character 1") for key in filled)
 
 
+def titled(graph: dict) -> dict[str, str]:
+    return {node["_meta"]["title"]: node_id for node_id, node in graph.items()}
+
+
+def dangling_links(graph: dict) -> list[str]:
+    return [f"{node_id}.{name}" for node_id, node in graph.items() for name, value in node["inputs"].items()
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and value[0] not in graph]
+
+
+def test_shot_character_gives_each_character_its_state_and_a_one_character_shot_drops_state_2():
+    preset = load_preset("shot_character")
+    ids = titled(preset)
+    for number in (1, 2):  # Character N feeds State N alone; what took the character takes the state's
+        state = ids[f"State {number}"]
+        assert preset[state]["class_type"] == "ShotlineCharacterState"
+        assert preset[state]["inputs"]["character"] == [ids[f"Character {number}"], 0]
+        assert [(node_id, name) for node_id, node in preset.items() for name, value in node["inputs"].items()
+                if value == [ids[f"Character {number}"], 0]] == [(state, "character")]
+        assert preset[ids[f"Gallery {number}"]]["inputs"]["character"] == [state, 0]
+    graph, _ = fill_preset(preset, shot(characters=["aiko"]), checkpoint="m.safetensors", filename_prefix="p")
+    ids = titled(graph)
+    assert {"Character 2", "State 2", "Gallery 2"}.isdisjoint(ids) and {"Character 1", "State 1"} <= set(ids)
+    for title in ("Character Prompt", "Character LoRAs"):
+        assert graph[ids[title]]["inputs"]["character"] == [ids["State 1"], 0]
+        assert "character_2" not in graph[ids[title]]["inputs"]
+    assert all("gallery_2" not in graph[ids[title]]["inputs"] for title in ("Face Refine", "Identity Check"))
+    assert dangling_links(graph) == []
+    graph, _ = fill_preset(preset, shot(characters=["aiko", "kairo"]), checkpoint="m.safetensors",
+                           filename_prefix="p")
+    assert {"State 1", "State 2", "Gallery 2"} <= set(titled(graph))
+
+
+def test_shot_character_anchors_the_refined_colours_and_runs_without_an_anchor():
+    preset = load_preset("shot_character")
+    ids = titled(preset)
+    anchor = preset[ids["Colour Anchor"]]
+    assert anchor["class_type"] == "ShotlineColorGrade" and anchor["inputs"]["match_strength"] == 0.8
+    assert (anchor["inputs"]["exposure"], anchor["inputs"]["contrast"], anchor["inputs"]["saturation"],
+            anchor["inputs"]["gamma"]) == (0.0, 1.0, 1.0, 1.0)  # neutral: only the match moves the colours
+    assert anchor["inputs"]["images"] == [ids["Face Refine"], 0]
+    assert anchor["inputs"]["reference"] == [ids["Anchor Image"], 0]
+    assert preset[ids["Anchor Image"]]["class_type"] == "LoadImage"
+    assert preset[ids["Identity Check"]]["inputs"]["image"] == [ids["Colour Anchor"], 0]
+    # no other node takes Face Refine's image: everything after it sees the anchored colours
+    assert [node_id for node_id, node in preset.items() if [ids["Face Refine"], 0] in node["inputs"].values()] == \
+        [ids["Colour Anchor"]]
+    # a shot with no anchor loses the loader and its link; the grade stays, with nothing to match
+    graph, _ = fill_preset(preset, shot(characters=["aiko"]), checkpoint="m.safetensors", filename_prefix="p")
+    ids = titled(graph)
+    assert "Anchor Image" not in ids and "Colour Anchor" in ids
+    assert "reference" not in graph[ids["Colour Anchor"]]["inputs"]
+    assert graph[ids["Colour Anchor"]]["inputs"]["images"] == [ids["Face Refine"], 0]
+    assert dangling_links(graph) == []
+
+
 def test_quality_min_side_follows_the_size_the_shot_asks_for():
     preset = load_preset("shot_character")
     quality = lambda graph: next(n for n in graph.values() if n["_meta"]["title"] == "Quality")["inputs"]  # noqa: E731

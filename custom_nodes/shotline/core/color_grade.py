@@ -12,6 +12,9 @@ value gives the same output value wherever it appears in the batch.
 Order: match, exposure (stops, x * 2**exposure), contrast (around mid-grey 0.5), saturation (around Rec.709
 luma), gamma (x ** (1 / gamma): above 1 lifts the mid-tones, below 1 darkens them; black and white stay put), then
 a clip to 0..1. Neutral settings (0, 1, 1, 1, no reference or strength 0) return the input unchanged.
+
+Drift is measured in CIEDE2000: `mean_delta_e` pixel for pixel, `color_drift` between shots of other content
+(bench/bench_color_drift.py measures anchoring a continuity chain to its first shot with them).
 """
 from __future__ import annotations
 
@@ -150,3 +153,56 @@ def grade_frames(frames, settings: GradeSettings = GradeSettings(), reference=No
         if on_frame is not None:
             on_frame()
     return out
+
+
+# --- colour difference: how far a shot's colour has drifted from a reference -------------------------------
+
+def delta_e_2000(lab1, lab2) -> np.ndarray:
+    """CIEDE2000 colour difference (Sharma, Wu & Dalal 2005, kL = kC = kH = 1) of Lab values [..., 3], broadcast;
+    float64. About 1 is a just-noticeable difference between flat patches."""
+    lab1, lab2 = np.asarray(lab1, np.float64), np.asarray(lab2, np.float64)
+    (L1, a1, b1), (L2, a2, b2) = np.moveaxis(lab1, -1, 0), np.moveaxis(lab2, -1, 0)
+    c7 = ((np.hypot(a1, b1) + np.hypot(a2, b2)) / 2) ** 7
+    g = 0.5 * (1 - np.sqrt(c7 / (c7 + 25.0 ** 7)))
+    a1, a2 = a1 * (1 + g), a2 * (1 + g)
+    c1, c2 = np.hypot(a1, b1), np.hypot(a2, b2)
+    h1, h2 = np.degrees(np.arctan2(b1, a1)) % 360, np.degrees(np.arctan2(b2, a2)) % 360
+    chroma = c1 * c2 != 0  # a grey has no hue: its hue difference is 0 and the mean hue is the sum
+    dh = h2 - h1
+    dh = np.where(chroma, dh - 360 * np.sign(dh) * (np.abs(dh) > 180), 0.0)
+    dH = 2 * np.sqrt(c1 * c2) * np.sin(np.radians(dh) / 2)
+    h_mean = np.where(chroma & (np.abs(h1 - h2) > 180), (h1 + h2 + np.where(h1 + h2 < 360, 360, -360)) / 2,
+                      np.where(chroma, (h1 + h2) / 2, h1 + h2))
+    t = (1 - 0.17 * np.cos(np.radians(h_mean - 30)) + 0.24 * np.cos(np.radians(2 * h_mean))
+         + 0.32 * np.cos(np.radians(3 * h_mean + 6)) - 0.20 * np.cos(np.radians(4 * h_mean - 63)))
+    l50 = ((L1 + L2) / 2 - 50) ** 2
+    c_mean = (c1 + c2) / 2
+    c7 = c_mean ** 7
+    rt = -2 * np.sqrt(c7 / (c7 + 25.0 ** 7)) * np.sin(np.radians(60 * np.exp(-(((h_mean - 275) / 25) ** 2))))
+    dl = (L2 - L1) / (1 + 0.015 * l50 / np.sqrt(20 + l50))
+    dc = (c2 - c1) / (1 + 0.045 * c_mean)
+    dH = dH / (1 + 0.015 * c_mean * t)
+    return np.sqrt(np.maximum(dl ** 2 + dc ** 2 + dH ** 2 + rt * dc * dH, 0.0))
+
+
+def mean_delta_e(frames_a, frames_b) -> float:
+    """Mean CIEDE2000 difference, pixel for pixel, of two RGB frames or batches of the same shape (one frame at a
+    time in Lab, so a long shot does not need its float64 copy in memory)."""
+    frames_a, frames_b = _as_batch(frames_a), _as_batch(frames_b)
+    if frames_a.shape != frames_b.shape:
+        raise ValueError(f"mean_delta_e compares frames of one shape, got {list(frames_a.shape)} and "
+                         f"{list(frames_b.shape)}")
+    return float(np.mean([delta_e_2000(to_lab(a), to_lab(b)).mean() for a, b in zip(frames_a, frames_b)]))
+
+
+def color_drift(shot, reference) -> float:
+    """How far a shot's colour is from a reference shot's when their content differs (chained shots: a new
+    angle, a moved camera), so no pixel has a partner: CIEDE2000 between the two mean Lab colours (the cast and
+    exposure seen across a cut) plus the Euclidean distance between the Lab standard deviations (contrast and
+    colourfulness), both in Lab units. Each side is frames, a batch, or its LabStats; pooled over all frames.
+    Two framings of one picture score near 0, not 0. The grade matches exactly these statistics, so it scores
+    the grade's own aim; a benchmark should also measure pixel for pixel against ground truth (mean_delta_e)."""
+    shot = shot if isinstance(shot, LabStats) else lab_stats(shot)
+    reference = reference if isinstance(reference, LabStats) else lab_stats(reference)
+    spread = np.linalg.norm(np.subtract(shot.std, reference.std))
+    return float(delta_e_2000(shot.mean, reference.mean) + spread)

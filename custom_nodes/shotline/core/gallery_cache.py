@@ -121,15 +121,19 @@ def reference_embedder(detector, embedder) -> Callable[[Path], np.ndarray | None
     found whole: a reference picture shows its character, whether or not the face detector finds its face."""
     def embed(path: Path):
         rgb = read_reference(path)
-        if rgb is None:
-            return None
-        faces = detector.detect(rgb)
-        if not faces:
-            return embedder.embed(rgb, None, faces=[]) if hasattr(embedder, "embed_all") else None
-        largest = max(faces, key=lambda face: (face.sure, face.width * face.height))  # a sure face first
-        return embedder.embed(rgb, largest, faces=faces)
+        return None if rgb is None else embed_picture(detector, embedder, rgb)
 
     return embed
+
+
+def embed_picture(detector, embedder, rgb: np.ndarray) -> np.ndarray | None:
+    """The embedding of the largest face of a float RGB picture (a sure face first), as references are
+    embedded; None when it has none (a character embedder embeds the picture whole)."""
+    faces = detector.detect(rgb)
+    if not faces:
+        return embedder.embed(rgb, None, faces=[]) if hasattr(embedder, "embed_all") else None
+    largest = max(faces, key=lambda face: (face.sure, face.width * face.height))
+    return embedder.embed(rgb, largest, faces=faces)
 
 
 def most_typical_reference(folder, references) -> Path | None:
