@@ -26,6 +26,7 @@ log = logging.getLogger("shotline.continuity")
 LAST_FRAME_TITLE = "Last Frame"
 FACE_MARGIN = 0.4  # a kept face crop extends its box by this much on each side, as the galleries crop
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+MAX_CACHED_FRAMES = 1024  # approved attempts whose last-frame upload a dispatcher remembers (a few hundred bytes each)
 
 
 class FrameUnavailable(RuntimeError):
@@ -108,7 +109,7 @@ class Continuity:
         self.uploads = UploadStore(pool)
         self.session_of = session_of            # () -> an aiohttp session to fetch from a ComfyUI with
         self.last_frame_nodes = last_frame_nodes
-        self._frames: dict[uuid.UUID, dict] = {}  # approved attempt -> its last frame's upload record
+        self._frames: dict[uuid.UUID, dict] = {}  # approved attempt -> its last frame's upload (ref, sha256, ...)
 
     async def last_frame(self, shot_id: uuid.UUID) -> dict | None:
         """The approved shot's last frame as an upload: {ref, sha256, shot, attempt}; None if it has no image."""
@@ -128,7 +129,9 @@ class Continuity:
                                    permanent=True)
         stored = await self.uploads.put(data, kind)
         frame = {"ref": stored["ref"], "sha256": stored["sha256"], "shot": attempt["shot_key"],
-                 "file": f"{output['subfolder']}/{output['filename']}".lstrip("/"), "data": data}
+                 "file": f"{output['subfolder']}/{output['filename']}".lstrip("/")}
+        if len(self._frames) >= MAX_CACHED_FRAMES:  # the oldest first: a chain reads its frames in order
+            del self._frames[next(iter(self._frames))]
         self._frames[attempt["attempt_id"]] = frame
         return frame
 

