@@ -34,6 +34,7 @@ from shotline_controller.comfy.server import ComfyStartError, ComfySupervisor, L
 from shotline_controller.contract import AssemblyRequest, InputError, Shot, StateRequest, state_changes, validated
 from shotline_controller.embedded_postgres import EmbeddedPostgres, EmbeddedPostgresError
 from shotline_controller.media.assembly import AssemblyError
+from shotline_controller.media.scene_music import backend_music
 from shotline_controller.media.assembly_jobs import (
     AssemblyConflict,
     BatchNotFound,
@@ -474,9 +475,11 @@ def _music_bytes(path: Path) -> bytes:
 
 async def assemble_command(args) -> int:
     """Cut a batch's approved shots into scene MP4s, and those into an episode when --episode is given."""
+    auto_music = args.music is not None and str(args.music) == "auto"
     try:
-        music = await asyncio.to_thread(_music_bytes, args.music) if args.music is not None else None
-        placeholder = "sha256:" + "0" * 64 if music else None  # the real reference once stored
+        music = await asyncio.to_thread(_music_bytes, args.music) if args.music is not None and not auto_music \
+            else None
+        placeholder = "sha256:" + "0" * 64 if music else ("auto" if auto_music else None)  # the real ref once stored
         validated(AssemblyRequest, assembly_request_data(args, placeholder))
     except (AssemblyError, InputError) as error:  # name the flag, not the API field
         print(f"error: {assembly_flag(error.field) or error.field}: {error.message}", file=sys.stderr)
@@ -498,8 +501,13 @@ async def assemble_command(args) -> int:
     try:
         async with open_database(settings) as pool, aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)) as session:
-            ref = (await UploadStore(pool).put(music, sniff(music)))["ref"] if music else None
+            ref = (await UploadStore(pool).put(music, sniff(music)))["ref"] if music else placeholder
             request = validated(AssemblyRequest, assembly_request_data(args, ref))
+            make_music = None
+            if auto_music and args.comfy:
+                backend = ComfyBackend(args.comfy, session)
+                await backend.start()  # an unreachable server fails here, before anything is cut
+                make_music = backend_music([backend], session)
             # the same job as the API's, recorded as claimed by this process and run here; one attempt: a
             # failure is reported now, not retried later by a service
             worker = f"{socket.gethostname()}:{os.getpid()}:cli:{uuid.uuid4().hex[:6]}"
@@ -509,12 +517,12 @@ async def assemble_command(args) -> int:
                 library_dir=args.library or settings.library_dir, claimed_by=worker, max_attempts=1)
             if job is None:
                 raise BatchNotFound(f"no batch {args.batch}")
-            records = await run_assembly_job(pool, session, job, worker, progress=progress)
+            records = await run_assembly_job(pool, session, job, worker, progress=progress, make_music=make_music)
     except (AssemblyError, InputError) as error:  # a flag the shots cannot take (2), or a file that cannot be read
         flag = assembly_flag(error.field)
         print(f"error: {flag + ': ' if flag else ''}{error.message}", file=sys.stderr)
         return 2 if flag else 1
-    except (BatchNotFound, AssemblyConflict, SourceUnavailable, JobLost) as error:
+    except (BatchNotFound, AssemblyConflict, SourceUnavailable, JobLost, ComfyUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:
@@ -584,7 +592,10 @@ def parser() -> argparse.ArgumentParser:
     assemble.add_argument("batch", type=uuid.UUID)
     assemble.add_argument("--scene", action="append", metavar="KEY",
                           help="a scene to assemble (repeat for several; default: every scene)")
-    assemble.add_argument("--music", type=Path, metavar="FILE", help="music ducked under the shots' own audio")
+    assemble.add_argument("--music", type=Path, metavar="FILE|auto",
+                          help="music ducked under the shots' own audio; auto: each scene's music made from its "
+                               "shots' mood by the music_ace_step preset (needs --comfy)")
+    assemble.add_argument("--comfy", metavar="URL", help="the ComfyUI that makes --music auto")
     assemble.add_argument("--crossfade", type=float, default=0.5, metavar="SECONDS",
                           help="crossfade between shots and between scenes (default 0.5; 0 cuts)")
     assemble.add_argument("--fps", type=float, metavar="N", help="frame rate (default: the first video shot's, else 24)")

@@ -228,6 +228,8 @@ Dialogue = Annotated[Any, AfterValidator(_dialogue), WithJsonSchema({"oneOf": [
      "additionalProperties": {"type": "string", "minLength": 1, "maxLength": MAX_DIALOGUE},
      "description": "{speaker: line}: the line spoken in that character's voice (its sheet's `voice`); the "
                     "speaker is one of the shot's characters"}]})]
+Mood = Annotated[Line, Field(max_length=300, description="the scene's mood: an assembly's music: auto makes the "
+                                                        "scene's music from the first one its shots name")]
 Continuity = Annotated[Literal["previous", "none"], Field(
     description="previous: wait until the shot before this one in its scene is approved, then start from its "
                 "last frame (the preset's Input Image)")]
@@ -294,6 +296,7 @@ class ShotDefaults(CharacterFields):
     checkpoint: ModelFile | None = None
     image: MediaName | None = None
     scene: Key | None = None
+    mood: Mood | None = None
     duration: Duration | None = None
     frames: Frames | None = None
     fps: Fps | None = None
@@ -325,6 +328,7 @@ class Shot(CharacterFields):
     checkpoint: ModelFile | None = None
     image: MediaRef | None = None
     scene: Key = DEFAULT_SCENE
+    mood: Mood | None = None
     duration: Duration = DEFAULT_DURATION
     frames: Frames | None = None
     fps: Fps | None = None
@@ -471,6 +475,16 @@ def _even_size(value: Any) -> tuple[int, int]:
     return tuple(value)
 
 
+def _music_choice(value: str) -> str:
+    if value != "auto" and not is_media_ref(value):
+        raise ValueError("must be sha256:<hex> of an uploaded audio file, or auto")
+    return value
+
+
+MusicChoice = Annotated[str, AfterValidator(_music_choice),
+                        WithJsonSchema({"type": "string", "pattern": r"^(auto|sha256:[0-9a-f]{64})$"})]
+
+
 class AssemblyRequest(Strict):
     """`POST /api/v1/batches/{id}/assemblies` and `shotline assemble`: which scenes, and how to cut them."""
     scenes: Annotated[list[Key], Field(min_length=1, max_length=1000), AfterValidator(_unique)] | None = Field(
@@ -480,8 +494,9 @@ class AssemblyRequest(Strict):
     size: Annotated[tuple[int, int], BeforeValidator(_even_size),
                     WithJsonSchema({"type": "string", "pattern": r"^\s*\d{1,5}\s*[xX]\s*\d{1,5}\s*$",
                                     "description": "WxH with even sides"})] | None = None
-    music: Annotated[MediaRef, Field(description="sha256:<hex> of an uploaded audio file, ducked under the "
-                                                 "shots' own audio")] | None = None
+    music: MusicChoice | None = Field(
+        None, description="sha256:<hex> of an uploaded audio file, or auto: each scene's music made from its mood "
+                          "(its shots' `mood`) by the music_ace_step preset on a ComfyUI backend")
     episode: EpisodeRequest | None = None
 
 

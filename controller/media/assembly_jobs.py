@@ -4,7 +4,8 @@ Shared by `shotline assemble` and `POST /api/v1/batches/{id}/assemblies`, both t
 (`assembly_jobs`, below): the API checks the request, queues the job and answers 202; a worker in the service
 claims it under a lease, as shots are claimed; the CLI records its job as claimed and runs it in place.
 
-1. The request is a `contract.AssemblyRequest` (errors name the field, as shot lists do); its music is an upload.
+1. The request is a `contract.AssemblyRequest` (errors name the field, as shot lists do); its music is an upload,
+   or `auto`: each scene's own music made from its mood on a ComfyUI backend (media/scene_music.py).
 2. The batch's shots are grouped by their `scene` (scene order: first appearance in the shot list; shot order:
    the list's). Only `approved` shots are cut in; a scene with none is refused (AssemblyConflict, HTTP 409).
 3. Each approved shot's file is its latest succeeded attempt's output: a video (.mp4/.webm/.mov/.mkv) if there
@@ -24,6 +25,7 @@ import collections
 import logging
 import tempfile
 import uuid
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -62,6 +64,15 @@ class AssemblyConflict(RuntimeError):
 
 class SourceUnavailable(RuntimeError):
     """A shot's file could not be fetched from the ComfyUI that rendered it."""
+
+
+class MusicUnavailable(SourceUnavailable):
+    """A scene's music (`music: auto`) could not be made: no backend, its model files missing, or the run failed."""
+
+
+def music_seed(batch_id, scene: str) -> int:
+    """The music's seed: the same scene of the same batch gets the same music when assembled again."""
+    return zlib.crc32(f"{batch_id}/{scene}".encode())
 
 
 class JobLost(RuntimeError):
@@ -154,21 +165,49 @@ async def _music_file(pool: AsyncConnectionPool, ref: str, folder: Path) -> Path
     return path
 
 
+def scene_mood(shots: list[_SceneShot] | list[dict]) -> str | None:
+    """The first `mood` a shot of the scene names (its rows' params)."""
+    rows = [shot.row if isinstance(shot, _SceneShot) else shot for shot in shots]
+    return next((row["params"]["mood"] for row in rows if row["params"].get("mood")), None)
+
+
+def _check_moods(plan: dict[str, list[_SceneShot]]) -> None:
+    missing = [scene for scene, shots in plan.items() if scene_mood(shots) is None]
+    if missing:
+        raise AssemblyError("music", f"music: auto makes a scene's music from its mood, and no shot of scene(s) "
+                                     f"{', '.join(map(repr, missing))} names one: set `mood` on a shot of each")
+
+
+async def _scene_music(make_music, batch_id, scene: str, shots: list[_SceneShot], folder: Path) -> Path:
+    if make_music is None:
+        raise MusicUnavailable("music: auto needs a ComfyUI backend to make the music on: run it through "
+                               "`shotline serve`, or `shotline assemble --comfy URL`")
+    seconds = sum(float(shot.row["params"].get("duration", DEFAULT_DURATION)) for shot in shots)
+    data, suffix = await make_music(scene_mood(shots), seconds, music_seed(batch_id, scene))
+    path = folder / f"music-{scene}{suffix}"
+    await asyncio.to_thread(path.write_bytes, data)
+    return path
+
+
 async def assemble_batch(pool: AsyncConnectionPool, session: aiohttp.ClientSession, batch_id: uuid.UUID,
                          request: AssemblyRequest, scenes_dir: Path, library_dir: Path,
-                         progress: Progress | None = None) -> list[dict]:
+                         progress: Progress | None = None, make_music=None) -> list[dict]:
     """Assemble the requested scenes of a batch (and the episode, when asked) and record them; returns the
     records, scenes in cut order then the episode. Scene files go to `scenes_dir`, the episode under
-    `library_dir`."""
+    `library_dir`. `make_music` (media/scene_music.MusicMaker) makes each scene's music for `music: auto`."""
     store = AssemblyStore(pool)
     rows = await store.batch_shots(batch_id)
     if rows is None:
         raise BatchNotFound(f"no batch {batch_id}")
     plan = _plan_scenes(rows, request.scenes)
+    if request.music == "auto":
+        _check_moods(plan)
 
     ids: list[uuid.UUID] = []
     with tempfile.TemporaryDirectory(prefix="shotline-assembly-") as folder:
-        music = await _music_file(pool, request.music, Path(folder)) if request.music else None
+        music = await _music_file(pool, request.music, Path(folder)) if request.music not in (None, "auto") else None
+        scene_music = {scene: await _scene_music(make_music, batch_id, scene, shots, Path(folder))
+                       for scene, shots in plan.items()} if request.music == "auto" else {}
         for scene, shots in plan.items():
             for shot in shots:
                 row = shot.row
@@ -184,7 +223,7 @@ async def assemble_batch(pool: AsyncConnectionPool, session: aiohttp.ClientSessi
                                 float(shot.row["params"].get("duration", DEFAULT_DURATION))) for shot in shots]
             result = await asyncio.to_thread(
                 assemble, clips, Path(scenes_dir) / f"{scene}.mp4", crossfade_s=request.crossfade_s, fps=fps,
-                size=size, music=music, progress=progress(scene) if progress else None)
+                size=size, music=scene_music.get(scene, music), progress=progress(scene) if progress else None)
             if request.episode and not scene_results:
                 # the episode's scenes share one picture format: the first scene's, unless one was asked for
                 fps, size = fps or result.fps, size or (result.width, result.height)
@@ -227,17 +266,19 @@ async def check_assembly(pool: AsyncConnectionPool, batch_id: uuid.UUID, request
     rows = await AssemblyStore(pool).batch_shots(batch_id)
     if rows is None:
         raise BatchNotFound(f"no batch {batch_id}")
-    if request.music is not None:
+    plan = _plan_scenes(rows, request.scenes)
+    if request.music == "auto":
+        _check_moods(plan)
+    elif request.music is not None:
         kinds = await UploadStore(pool).kinds([request.music])
         if not kinds.get(request.music, "").startswith("audio/"):
             raise AssemblyError("music", f"no audio upload {request.music}: upload the file first "
                                          "(POST /api/v1/uploads)")
-    _plan_scenes(rows, request.scenes)
 
 
 async def run_assembly_job(pool: AsyncConnectionPool, session: aiohttp.ClientSession, job: AssemblyJob,
                            worker: str, lease_seconds: float = JOB_LEASE_SECONDS,
-                           progress: Progress | None = None) -> list[dict]:
+                           progress: Progress | None = None, make_music=None) -> list[dict]:
     """Run a job this worker has claimed, renewing its lease meanwhile, and record how it ended; returns the
     assemblies. A failure is recorded and raised again as is (the CLI reports it by its type); JobLost when the
     lease was lost to another controller, whose run then counts instead."""
@@ -246,7 +287,7 @@ async def run_assembly_job(pool: AsyncConnectionPool, session: aiohttp.ClientSes
     async def work() -> list[dict]:
         request = validated(AssemblyRequest, job.request, "request")
         return await assemble_batch(pool, session, job.batch_id, request, job.scenes_dir, job.library_dir,
-                                    progress=progress)
+                                    progress=progress, make_music=make_music)
 
     task = asyncio.ensure_future(work())
     try:

@@ -16,6 +16,7 @@ import aiohttp
 from psycopg_pool import AsyncConnectionPool
 
 from shotline_controller.media.assembly_jobs import JobLost, run_assembly_job
+from shotline_controller.media.scene_music import backend_music
 from shotline_controller.store.assemblies import AssemblyStore
 from shotline_controller.store.notifications import Notifications
 
@@ -24,8 +25,10 @@ ASSEMBLY_POLL_SECONDS = 5.0
 
 
 class AssemblyWorker:
-    def __init__(self, pool: AsyncConnectionPool, notifications: Notifications | None = None):
+    def __init__(self, pool: AsyncConnectionPool, notifications: Notifications | None = None,
+                 backends: list | None = None):
         self.pool = pool
+        self.backends = backends or []  # where `music: auto` makes a scene's music
         self.store = AssemblyStore(pool)
         self.notifications = notifications
         self.worker = f"{socket.gethostname()}:{os.getpid()}:assembly:{uuid.uuid4().hex[:6]}"
@@ -38,7 +41,8 @@ class AssemblyWorker:
         while (job := await self.store.claim_job(self.worker)) is not None:
             ran += 1
             try:
-                records = await run_assembly_job(self.pool, session, job, self.worker)
+                records = await run_assembly_job(self.pool, session, job, self.worker,
+                                                 make_music=backend_music(self.backends, session))
             except asyncio.CancelledError:  # the service stopping: the job goes back to the queue for the next one
                 await asyncio.shield(self.store.release_job(job.id, self.worker))
                 raise

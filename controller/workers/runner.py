@@ -45,7 +45,7 @@ class Workers:
                                      lease_seconds=lease_seconds, notifications=self.notifications,
                                      metrics=self.metrics, character_library=character_library)
         self.service = service
-        self.assembly = AssemblyWorker(pool, self.notifications)
+        self.assembly = AssemblyWorker(pool, self.notifications, backends)
         self.webhooks = WebhookSender(ShotStore(pool), webhook_secret or b"", webhook_policy or WebhookPolicy(),
                                       self.metrics)
 

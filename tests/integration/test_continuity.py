@@ -208,3 +208,31 @@ def test_state_changes_reach_the_filled_prompt_of_the_shots_after_them(comfy, co
     assert "relieved" in inputs["s4"]["State 1.fragment"] and "cut cheek" in inputs["s4"]["State 1.fragment"]
     timeline = service.get(f"/api/v1/batches/{batch_id}/continuity")["states"]
     assert [(entry["from_shot"], entry["source"]) for entry in timeline] == [("s2", "shot list"), ("s4", "api")]
+
+
+def test_music_auto_is_made_from_the_scenes_mood_where_the_model_files_are(comfy, controllers, database_url):
+    """music: auto queues the music_ace_step preset on a backend: this ComfyUI has no ACE-Step weights, so the job
+    fails naming the file and its folder (it never cuts the scene with made-up music); a scene with no mood is
+    refused before any job."""
+    service = controllers([comfy.url])
+    base = {"defaults": {"size": "128x128", "steps": 2, "set": PASSING}, "max_attempts": 1}
+    moody = service.submit({**base, "shots": [{"id": "m1", "prompt": "a harbour", "mood": "calm piano, rain"}]})
+    plain = service.submit({**base, "shots": [{"id": "p1", "prompt": "a harbour"}]})
+    wait_until(lambda: service.finished(moody) and service.finished(plain), 300, "both batches rendered")
+
+    request = urllib.request.Request(f"{service.url}/api/v1/batches/{plain}/assemblies",
+                                     data=json.dumps({"music": "auto"}).encode(),
+                                     headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(request, timeout=30)
+        raise AssertionError("a scene with no mood was accepted for music: auto")
+    except urllib.error.HTTPError as error:
+        answer = json.loads(error.read())
+        assert (error.code, answer["field"]) == (400, "music") and "mood" in answer["error"]
+
+    job = post(f"{service.url}/api/v1/batches/{moody}/assemblies", {"music": "auto"})
+    ended = wait_until(lambda: (found := service.get(job["location"]))["status"] in ("done", "failed") and found,
+                       120, "the assembly job ended")
+    assert ended["status"] == "failed" and ended["error"]["status"] == 502, ended
+    assert "ace_step_v1_3.5b.safetensors (put it in ComfyUI's models/checkpoints/)" in ended["error"]["message"]
+    assert service.get(f"/api/v1/batches/{moody}/assemblies")["assemblies"] == []

@@ -176,3 +176,22 @@ def test_a_face_crop_widens_the_box_and_stays_in_the_picture():
     crop = Image.open(io.BytesIO(face_crop(buffer.getvalue(), [90, 10, 120, 40])))
     assert crop.size == (42, 52)  # 12 px more on each side, cut at the picture's top and right edges
     assert face_crop(buffer.getvalue(), [5, 5, 6, 6]) is None
+
+
+def test_scene_music_fills_the_mood_the_seed_and_a_bounded_length():
+    from shotline_controller.media.scene_music import music_graph
+    graph = music_graph({}, "calm piano, rain", 4.0, 7)
+    by_title = {node["_meta"]["title"]: node["inputs"] for node in graph.values()}
+    assert by_title["Prompt"]["value"] == "calm piano, rain" and by_title["Sampler"]["seed"] == 7
+    assert by_title["Duration"]["seconds"] == 10.0  # a 4 s scene still gets 10 s of music, looped under it
+    assert {n["_meta"]["title"]: n["inputs"] for n in music_graph(
+        {}, "x", 1000, 7).values()}["Duration"]["seconds"] == 240.0
+
+
+def test_missing_model_files_are_named_with_their_folder():
+    from shotline_controller.media.scene_music import missing_files
+    body = {"node_errors": {"4": {"class_type": "CheckpointLoaderSimple", "errors": [{
+        "type": "value_not_in_list", "message": "Value not in list",
+        "details": "ckpt_name: 'ace_step_v1_3.5b.safetensors' not in ['random.safetensors']"}]},
+        "9": {"class_type": "KSampler", "errors": [{"type": "value_smaller_than_min", "details": "steps: 0"}]}}}
+    assert missing_files(body) == ["ace_step_v1_3.5b.safetensors (put it in ComfyUI's models/checkpoints/)"]
