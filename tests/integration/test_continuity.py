@@ -236,3 +236,31 @@ def test_music_auto_is_made_from_the_scenes_mood_where_the_model_files_are(comfy
     assert ended["status"] == "failed" and ended["error"]["status"] == 502, ended
     assert "ace_step_v1_3.5b.safetensors (put it in ComfyUI's models/checkpoints/)" in ended["error"]["message"]
     assert service.get(f"/api/v1/batches/{moody}/assemblies")["assemblies"] == []
+
+
+def test_the_cli_sets_and_shows_a_characters_state(database_url):
+    import asyncio
+
+    from psycopg_pool import AsyncConnectionPool
+
+    from shotline_controller.contract import shots_of as queued_shots
+    from shotline_controller.store.migrations import apply_migrations
+    from shotline_controller.store.shots import ShotStore
+
+    async def submit():
+        async with AsyncConnectionPool(database_url, min_size=1, max_size=2, open=False) as pool:
+            await apply_migrations(pool)
+            batch_id, _ = await ShotStore(pool).submit_batch(
+                queued_shots([{"id": "s1", "prompt": "x"}, {"id": "s2", "prompt": "y"}]), "test")
+            return batch_id
+    batch_id = asyncio.run(submit())
+    env = {"DATABASE_URL": database_url}
+    result = shotline("state", "set", batch_id, "aiko", "--from", "s2", "--outfit", "torn jacket", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "aiko" in result.stdout and "s2" in result.stdout and "outfit: torn jacket" in result.stdout
+    refused = shotline("state", "set", batch_id, "aiko", "--from", "s9", "--outfit", "x", env=env)
+    assert refused.returncode == 2 and "--from: no shot 's9'" in refused.stderr and "Traceback" not in refused.stderr
+    empty = shotline("state", "set", batch_id, "aiko", "--from", "s1", env=env)
+    assert empty.returncode == 2 and "--outfit/--injuries" in empty.stderr
+    shown = shotline("state", "show", batch_id, env=env)
+    assert shown.returncode == 0 and shown.stdout.count("torn jacket") == 1 and "cli" in shown.stdout

@@ -263,3 +263,30 @@ def test_a_continuing_shot_waits_is_blocked_and_released_with_the_shot_it_contin
                     ["queued", "waiting", "waiting", "running"],
                     ["approved", "queued", "waiting", "running"]]
     assert not settled and next_key == "b"
+
+
+def test_a_characters_best_frame_is_kept_per_scene_and_the_freshest_is_found_first(database_url):
+    from shotline_controller.store.continuity import ContinuityStore
+
+    async def work(pool):
+        store, kept = ShotStore(pool), ContinuityStore(pool)
+        batch_id, shot_ids = await store.submit_batch(shots_of([
+            {"id": "a", "prompt": "x", "scene": "s1"}, {"id": "b", "prompt": "x", "scene": "s1"},
+            {"id": "c", "prompt": "x", "scene": "s2"}]), "test")
+        attempts = {}
+        for shot_id in shot_ids:
+            attempts[shot_id] = (await store.claim("w", 30, "http://b")).attempt_id
+        keep = [await kept.keep_frame(batch_id, "s1", 0, "aiko", shot_ids[0], attempts[shot_ids[0]], 0.8,
+                                      "sha256:" + "a" * 64, None, None),
+                await kept.keep_frame(batch_id, "s1", 0, "aiko", shot_ids[1], attempts[shot_ids[1]], 0.7,
+                                      "sha256:" + "b" * 64, None, None),  # lower: the first stays
+                await kept.keep_frame(batch_id, "s1", 0, "aiko", shot_ids[1], attempts[shot_ids[1]], 0.9,
+                                      "sha256:" + "c" * 64, "sha256:" + "d" * 64, [1, 2, 3, 4])]
+        in_s1 = await kept.freshest_frame(batch_id, "s1", 0, "aiko")
+        in_s2 = await kept.freshest_frame(batch_id, "s2", 2, "aiko")  # none of its own: the earlier scene's
+        nobody = await kept.freshest_frame(batch_id, "s2", 2, "ren")
+        return keep, in_s1, in_s2, nobody
+    keep, in_s1, in_s2, nobody = run(database_url, work)
+    assert keep == [True, False, True]
+    assert (in_s1["shot_key"], in_s1["score"], in_s1["face_ref"]) == ("b", 0.9, "sha256:" + "d" * 64)
+    assert in_s2["scene"] == "s1" and nobody is None

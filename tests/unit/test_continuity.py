@@ -195,3 +195,18 @@ def test_missing_model_files_are_named_with_their_folder():
         "details": "ckpt_name: 'ace_step_v1_3.5b.safetensors' not in ['random.safetensors']"}]},
         "9": {"class_type": "KSampler", "errors": [{"type": "value_smaller_than_min", "details": "steps: 0"}]}}}
     assert missing_files(body) == ["ace_step_v1_3.5b.safetensors (put it in ComfyUI's models/checkpoints/)"]
+
+
+def test_a_continuity_face_feeds_its_characters_gallery_and_an_absent_one_is_taken_out():
+    preset = load_preset("shot_character")
+    graph, filled = fill_preset(preset, queued(characters=["aiko", "ren"]), "m.safetensors", "p",
+                                continuity_faces={"ren": "shotline/ren_face.png"})
+    ids = {node["_meta"]["title"]: node_id for node_id, node in graph.items()}
+    assert "Continuity 1" not in ids and graph[ids["Continuity 2"]]["inputs"]["image"] == "shotline/ren_face.png"
+    assert graph[ids["Gallery 2"]]["inputs"]["continuity_face"] == [ids["Continuity 2"], 0]
+    assert "continuity_face" not in graph[ids["Gallery 1"]]["inputs"]
+    assert filled["Continuity 2.image"] == "shotline/ren_face.png"
+    # one character: the second slot goes whole, its gallery with it, though its loader fed that gallery too
+    graph, _ = fill_preset(preset, queued(characters=["aiko"]), "m.safetensors", "p")
+    titles = {node["_meta"]["title"] for node in graph.values()}
+    assert titles.isdisjoint({"Character 2", "State 2", "Gallery 2", "Continuity 1", "Continuity 2"})
