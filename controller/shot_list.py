@@ -42,6 +42,7 @@ from shotline_controller.comfy.presets import (
     check_character_slots,
     fill_preset,
     load_preset,
+    shot_targets,
     state_slot,
 )
 from shotline_controller.contract import DEFAULT_WORKFLOW, InputError, Shot, ShotList, is_media_ref, parse_shot_list
@@ -86,7 +87,9 @@ def check_presets(shot_list: ShotList, object_info: dict | None = None) -> None:
             if shot.characters:
                 check_character_slots(workflow, graph, len(shot.characters))
             titles = {node.get("_meta", {}).get("title") for node in graph.values()}
-            if shot.continuity == "previous" and "Input Image" not in titles:
+            takes_image = "Input Image" in titles or (all("class_type" in node for node in graph.values())
+                                                      and "Input Image" in shot_targets(graph)[0])
+            if shot.continuity == "previous" and not takes_image:
                 raise InputError(f"shots[{index}].continuity",
                                  f"preset {workflow!r} has no node titled 'Input Image' to start from the last "
                                  "frame of the shot before: use an image-to-image or image-to-video preset")
