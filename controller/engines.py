@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-RULES = ("lora", "image_to_video", "text_to_video")
-RULE_REASONS = {
+RULE_REASONS = {  # the rules, in the order they are tried
     "lora": "a character with LoRAs",
     "image_to_video": "at most one character and a source image",
     "text_to_video": "several characters, or no source image",

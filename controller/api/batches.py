@@ -180,11 +180,14 @@ async def review_shot(request: web.Request) -> web.Response:
                              "only shots in needs_review can be reviewed (and rejected ones approved)")
 
 
+async def _continuity(store: ContinuityStore, batch_id, status: int = 200) -> web.Response:
+    return await answer(Continuity, {"batch_id": batch_id, "states": await store.timeline(batch_id),
+                                     "frames": await store.frames(batch_id)}, status=status)
+
+
 async def get_continuity(request: web.Request) -> web.Response:
     batch = await batch_or_404(request)
-    store = ContinuityStore(request.app[POOL])
-    return await answer(Continuity, {"batch_id": batch["id"], "states": await store.timeline(batch["id"]),
-                                     "frames": await store.frames(batch["id"])})
+    return await _continuity(ContinuityStore(request.app[POOL]), batch["id"])
 
 
 async def add_state(request: web.Request) -> web.Response:
@@ -195,8 +198,7 @@ async def add_state(request: web.Request) -> web.Response:
     if position is None:
         raise ApiError("from_shot", f"no shot {change.from_shot!r} in batch {batch['id']}")
     await store.add_state(batch["id"], change.character, position, change.state.model_dump(exclude_none=True), "api")
-    return await answer(Continuity, {"batch_id": batch["id"], "states": await store.timeline(batch["id"]),
-                                     "frames": await store.frames(batch["id"])}, status=201)
+    return await _continuity(store, batch["id"], status=201)
 
 
 # --- the event stream ------------------------------------------------------------------------------------------

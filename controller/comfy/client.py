@@ -38,6 +38,24 @@ class PromptLost(RuntimeError):
     """The server no longer knows a prompt it accepted (it restarted): run it again under a new prompt_id."""
 
 
+class OutputGone(LookupError):
+    """A ComfyUI no longer serves an output file (deleted, or another server now answers at its address)."""
+
+
+async def fetch_output_bytes(session: aiohttp.ClientSession, base_url: str, output: dict) -> bytes:
+    """An output file ({filename, subfolder, type}) through ComfyUI's public /view. OutputGone when the server
+    answers without it, ComfyUnavailable when it cannot be reached."""
+    params = {"filename": output["filename"], "subfolder": output["subfolder"], "type": output["type"]}
+    try:
+        async with session.get(f"{base_url.rstrip('/')}/view", params=params) as response:
+            if response.status != 200:
+                raise OutputGone(f"{base_url} has no {output['subfolder']}/{output['filename']} any more "
+                                 f"(HTTP {response.status})")
+            return await response.read()
+    except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as error:
+        raise ComfyUnavailable(f"cannot fetch {output['filename']} from {base_url}: {error}") from None
+
+
 class PromptCancelled(RuntimeError):
     """We interrupted the prompt (`ComfyBackend.interrupt`) before it finished.
 

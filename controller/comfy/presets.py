@@ -68,6 +68,7 @@ from importlib import resources
 from pathlib import Path
 
 from shotline.core.characters import STATE_FIELDS, state_fragment
+from shotline.core.voices import VOICE_INPUTS
 
 from shotline_controller.comfy.graph_roles import Roles, infer_roles, is_link
 from shotline_controller.contract import PRESET_PATTERN, Shot
@@ -109,8 +110,6 @@ SHOT_INPUTS: dict[str, dict[str, str | None]] = {
 # `length` (their `batch_size` is how many videos)
 PREFERRED_INPUTS = {"batch_size": "length"}
 ANCHOR_IMAGE_TITLE = "Anchor Image"
-STATE_INPUTS = STATE_FIELDS  # a Character State node's inputs
-VOICE_INPUTS = {"edge-tts": "edge_tts_voice", "piper": "piper_voice", "espeak-ng": "espeak_voice"}
 REQUIRED_TITLES = ("Save",)
 PROMPT_TITLES = ("Prompt", "Character Prompt", "Face Repair")  # a preset needs one of them
 MAX_CHARACTER_SLOTS = 4
@@ -274,16 +273,6 @@ def accepted_fields(graph: dict) -> frozenset:
     return frozenset(fields | ({"characters"} if character_slots(graph) else set()))
 
 
-def _is_link(value) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
-
-
-def without_unused_slots(graph: dict, used: int) -> dict:
-    """The graph without its character slots past `used`: those nodes, the nodes fed by nothing else (their
-    galleries and states), and every link from them into the inputs of the nodes that stay."""
-    return without_titled(graph, {character_slot(number) for number in range(used + 1, MAX_CHARACTER_SLOTS + 1)})
-
-
 def without_titled(graph: dict, titles) -> dict:
     """The graph without the nodes titled one of `titles`, the nodes fed by nothing else, and every link from
     them into the inputs of the nodes that stay (wire such nodes into optional inputs)."""
@@ -291,7 +280,7 @@ def without_titled(graph: dict, titles) -> dict:
     removed = {node_id for node_id, node in graph.items() if node.get("_meta", {}).get("title") in titles}
     while True:
         fed_only_by_removed = {node_id for node_id, node in graph.items() if node_id not in removed and (
-            links := [value[0] for value in node["inputs"].values() if _is_link(value)]) and set(links) <= removed}
+            links := [value[0] for value in node["inputs"].values() if is_link(value)]) and set(links) <= removed}
         if not fed_only_by_removed:
             break
         removed |= fed_only_by_removed
@@ -299,7 +288,7 @@ def without_titled(graph: dict, titles) -> dict:
     for node_id, node in graph.items():
         if node_id not in removed:
             inputs = {name: value for name, value in node["inputs"].items()
-                      if not (_is_link(value) and value[0] in removed)}
+                      if not (is_link(value) and value[0] in removed)}
             kept[node_id] = {**node, "inputs": inputs}
     return kept
 
@@ -340,21 +329,23 @@ def fill_preset(graph: dict, shot: Shot, checkpoint: str | None, filename_prefix
     `image_name` is the shot's image as uploaded to the server (what LoadImage takes), not its local path;
     `anchor_image` likewise the frame its "Colour Anchor" matches (without one, the "Anchor Image" loader and its
     link are taken out), and `continuity_faces` each character's face from its best approved shot so far, for
-    its "Continuity N" loader (feeding its gallery; taken out for a character with none). `states` holds each character's state (outfit, injuries, props, emotion, notes), filled
-    into its "State N" node; `voice` ({engine, voice}) the speaker's voice for the "Dialogue" node.
+    its "Continuity N" loader (feeding its gallery; taken out for a character with none). `states` holds each
+    character's state (outfit, injuries, props, emotion, notes), filled into its "State N" node; `voice`
+    ({engine, voice}) the speaker's voice for the "Dialogue" node.
     The shot's fields go into the titled or inferred nodes (shot_targets), then its `set` entries, checked
     against `object_info` when given (else against the graph: the node and the input exist).
     """
     characters = shot.characters or []
     check_character_slots(shot.workflow, graph, len(characters))
-    graph = copy.deepcopy(graph)
     faces = {number: (continuity_faces or {}).get(name) for number, name in enumerate(characters, start=1)}
-    graph = without_titled(graph, {continuity_slot(number) for number in range(1, MAX_CHARACTER_SLOTS + 1)
-                                   if not faces.get(number)})
-    if characters:  # a shot naming none keeps the preset's own characters
-        graph = without_unused_slots(graph, len(characters))
+    # one pass takes out what this shot does not use: the slots past its characters (a shot naming none keeps
+    # the preset's own), the continuity loaders with no face, the anchor loader with no anchor
+    unused = {continuity_slot(number) for number in range(1, MAX_CHARACTER_SLOTS + 1) if not faces.get(number)}
+    if characters:
+        unused |= {character_slot(number) for number in range(len(characters) + 1, MAX_CHARACTER_SLOTS + 1)}
     if anchor_image is None:
-        graph = without_titled(graph, {ANCHOR_IMAGE_TITLE})
+        unused.add(ANCHOR_IMAGE_TITLE)
+    graph = without_titled(copy.deepcopy(graph), unused)
     values = {**shot.as_dict(), "checkpoint": checkpoint, "image": image_name, "anchor_image": anchor_image,
               "dialogue": spoken_line(shot.dialogue)}
     filled = {}
@@ -367,7 +358,7 @@ def fill_preset(graph: dict, shot: Shot, checkpoint: str | None, filename_prefix
             filled[f"{continuity_slot(number)}.image"] = faces[number]
         state = (states or {}).get(character, {})
         for node in nodes_titled(graph, state_slot(number)):
-            for field in STATE_INPUTS:
+            for field in STATE_FIELDS:
                 node["inputs"][field] = state.get(field, "")
         if state and nodes_titled(graph, state_slot(number)):
             filled[f"{state_slot(number)}.fragment"] = state_fragment(state)
@@ -375,11 +366,10 @@ def fill_preset(graph: dict, shot: Shot, checkpoint: str | None, filename_prefix
         elif state:
             filled[f"{state_slot(number)}.fragment"] = f"not used: the preset has no node titled {state_slot(number)!r}"
     if voice:
+        spoken = {"engine": voice["engine"], VOICE_INPUTS[voice["engine"]]: voice["voice"]}
         for node in nodes_titled(graph, "Dialogue"):
-            node["inputs"]["engine"] = voice["engine"]
-            node["inputs"][VOICE_INPUTS[voice["engine"]]] = voice["voice"]
-            filled["Dialogue.engine"], filled[f"Dialogue.{VOICE_INPUTS[voice['engine']]}"] = \
-                voice["engine"], voice["voice"]
+            node["inputs"].update(spoken)
+            filled.update({f"Dialogue.{name}": value for name, value in spoken.items()})
     targets, roles = shot_targets(graph)
     taken: set[str | None] = set()
     for title, found in targets.items():

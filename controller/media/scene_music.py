@@ -12,7 +12,13 @@ from typing import Awaitable, Callable
 
 import aiohttp
 
-from shotline_controller.comfy.client import ComfyBackend, ComfyUnavailable, PromptRejected
+from shotline_controller.comfy.client import (
+    ComfyBackend,
+    ComfyUnavailable,
+    OutputGone,
+    PromptRejected,
+    fetch_output_bytes,
+)
 from shotline_controller.comfy.presets import PresetError, fill_preset, load_preset, nodes_titled
 from shotline_controller.comfy.results import collect_results
 from shotline_controller.contract import Shot, ShotInput
@@ -73,12 +79,9 @@ def backend_music(backends: list[ComfyBackend], session: aiohttp.ClientSession) 
         audio = [f for f in files if f["filename"].lower().endswith(AUDIO_SUFFIXES)]
         if not audio:
             raise MusicUnavailable(f"music: auto: {MUSIC_PRESET} saved no audio file on {backend.base_url}")
-        params = {"filename": audio[-1]["filename"], "subfolder": audio[-1]["subfolder"], "type": audio[-1]["type"]}
         try:
-            async with session.get(f"{backend.base_url}/view", params=params) as response:
-                if response.status != 200:
-                    raise MusicUnavailable(f"music: auto: {backend.base_url} lost {params['filename']}")
-                return await response.read(), "." + params["filename"].rsplit(".", 1)[-1].lower()
-        except aiohttp.ClientError as error:
-            raise MusicUnavailable(f"music: auto: cannot fetch {params['filename']}: {error}") from None
+            data = await fetch_output_bytes(session, backend.base_url, audio[-1])
+        except (OutputGone, ComfyUnavailable) as error:
+            raise MusicUnavailable(f"music: auto: {error}") from None
+        return data, "." + audio[-1]["filename"].rsplit(".", 1)[-1].lower()
     return make

@@ -21,6 +21,11 @@ from shotline_controller.store.shots import ATTEMPT_OUTPUTS
 from shotline_controller.store.status import AttemptStatus, ShotStatus
 
 
+# where a scene first appears in its batch's list (scenes are ordered by it): of %(batch)s and %(scene)s
+_SCENE_POSITION = ("(SELECT coalesce(min(position), 0) FROM shots WHERE batch_id = %(batch)s "
+                   "AND params->>'scene' = %(scene)s)")
+
+
 def merged_state(entries) -> dict:
     """The state the entries (in story order) leave: later entries win field by field; '' clears a field."""
     state: dict[str, str] = {}
@@ -56,42 +61,37 @@ class ContinuityStore:
                 f"AND status = '{ShotStatus.APPROVED}' ORDER BY position LIMIT 1", (batch_id, scene, before))).fetchone()
         return row[0] if row else None
 
-    async def scene_position(self, batch_id: uuid.UUID, scene: str) -> int:
-        """Where the scene first appears in the list (scenes are ordered by it)."""
-        async with self.pool.connection() as conn:
-            row = await (await conn.execute("SELECT min(position) FROM shots WHERE batch_id = %s "
-                                            "AND params->>'scene' = %s", (batch_id, scene))).fetchone()
-        return row[0] if row and row[0] is not None else 0
-
     # --- continuity frames ----------------------------------------------------------------------------------
 
-    async def keep_frame(self, batch_id: uuid.UUID, scene: str, scene_position: int, character: str,
-                         shot_id: uuid.UUID, attempt_id: uuid.UUID, score: float, frame_ref: str,
-                         face_ref: str | None, box: list | None) -> bool:
+    async def keep_frame(self, batch_id: uuid.UUID, scene: str, character: str, shot_id: uuid.UUID,
+                         attempt_id: uuid.UUID, score: float, frame_ref: str, face_ref: str | None,
+                         box: list | None) -> bool:
         """Keep this frame as the character's in the scene if it scores higher than the one kept (an upsert);
         True when it was kept."""
         async with self.pool.connection() as conn:
             cursor = await conn.execute(
                 "INSERT INTO continuity_frames (batch_id, scene, character_name, shot_id, attempt_id, score, "
-                "  frame_ref, face_ref, box, scene_position) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "  frame_ref, face_ref, box, scene_position) VALUES (%(batch)s, %(scene)s, %(character)s, "
+                f"  %(shot)s, %(attempt)s, %(score)s, %(frame)s, %(face)s, %(box)s, {_SCENE_POSITION}) "
                 "ON CONFLICT (batch_id, scene, character_name) DO UPDATE SET shot_id = excluded.shot_id, "
                 "  attempt_id = excluded.attempt_id, score = excluded.score, frame_ref = excluded.frame_ref, "
                 "  face_ref = excluded.face_ref, box = excluded.box, updated_at = now() "
                 "WHERE continuity_frames.score < excluded.score RETURNING 1",
-                (batch_id, scene, character, shot_id, attempt_id, score, frame_ref, face_ref,
-                 Jsonb(box) if box is not None else None, scene_position))
+                {"batch": batch_id, "scene": scene, "character": character, "shot": shot_id, "attempt": attempt_id,
+                 "score": score, "frame": frame_ref, "face": face_ref,
+                 "box": Jsonb(box) if box is not None else None})
             return await cursor.fetchone() is not None
 
-    async def freshest_frame(self, batch_id: uuid.UUID, scene: str, scene_position: int,
-                             character: str) -> dict | None:
+    async def freshest_frame(self, batch_id: uuid.UUID, scene: str, character: str) -> dict | None:
         """The character's kept frame: its own scene's, else the latest earlier scene's; None: the library."""
         async with self.pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute(
                 "SELECT f.scene, f.score, f.frame_ref, f.face_ref, f.box, s.shot_key FROM continuity_frames f "
-                "JOIN shots s ON s.id = f.shot_id WHERE f.batch_id = %s AND f.character_name = %s "
-                "AND (f.scene = %s OR f.scene_position < %s) ORDER BY (f.scene = %s) DESC, f.scene_position DESC "
-                "LIMIT 1", (batch_id, character, scene, scene_position, scene))
+                "JOIN shots s ON s.id = f.shot_id WHERE f.batch_id = %(batch)s AND f.character_name = %(character)s "
+                f"AND (f.scene = %(scene)s OR f.scene_position < {_SCENE_POSITION}) "
+                "ORDER BY (f.scene = %(scene)s) DESC, f.scene_position DESC LIMIT 1",
+                {"batch": batch_id, "scene": scene, "character": character})
             return await cursor.fetchone()
 
     async def frames(self, batch_id: uuid.UUID) -> list[dict]:

@@ -47,6 +47,9 @@ OPEN = sql_in(OPEN_SHOT_STATUSES)
 OPEN_ATTEMPT = sql_in(OPEN_ATTEMPT_STATUSES)
 FINAL = sql_in(FINAL_SHOT_STATUSES)
 LOST = AttemptStatus.LOST.value
+# the verdicts of attempt `a` as a JSON array, as the nodes reported them
+ATTEMPT_VERDICTS = ("coalesce((SELECT json_agg(v.details ORDER BY v.id) FROM verdicts v WHERE v.attempt_id = a.id), "
+                    "'[]')")
 # the outputs of attempt `a` as a JSON array of {node_id, kind, filename, subfolder, type}
 ATTEMPT_OUTPUTS = ("coalesce((SELECT json_agg(json_build_object('node_id', o.node_id, 'kind', o.kind, "
                    "'filename', o.filename, 'subfolder', o.subfolder, 'type', o.folder_type) ORDER BY o.id) "
@@ -339,8 +342,7 @@ class ShotStore:
         async with self.pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute(
-                "SELECT a.status, coalesce((SELECT json_agg(v.details ORDER BY v.id) FROM verdicts v "
-                "  WHERE v.attempt_id = a.id), '[]') AS verdicts FROM attempts a "
+                f"SELECT a.status, {ATTEMPT_VERDICTS} AS verdicts FROM attempts a "
                 f"WHERE a.shot_id = %s AND a.status NOT IN {OPEN_ATTEMPT} AND a.status <> '{LOST}' "
                 "ORDER BY a.attempt_no DESC LIMIT 1", (shot_id,))
             return await cursor.fetchone()
@@ -457,8 +459,7 @@ class ShotStore:
             await cursor.execute(
                 "SELECT a.id, a.attempt_no, a.prompt_id, a.backend, a.status, a.inputs, a.correction, a.error, "
                 "  a.queued_at, a.started_at, a.finished_at, "
-                "  coalesce((SELECT json_agg(v.details ORDER BY v.id) FROM verdicts v WHERE v.attempt_id = a.id), "
-                "           '[]') AS verdicts, "
+                f"  {ATTEMPT_VERDICTS} AS verdicts, "
                 f"  {ATTEMPT_OUTPUTS} AS outputs FROM attempts a WHERE a.shot_id = %s ORDER BY a.attempt_no",
                 (shot_id,))
             shot["attempts"] = await cursor.fetchall()

