@@ -450,9 +450,16 @@ class StateRequest(Strict):
     state: CharacterState
 
 
+REVIEW_CATEGORIES = ("wrong_face", "extra_people", "hands", "outfit", "blur", "style", "other")
+ReviewCategory = Literal[REVIEW_CATEGORIES]
+
+
 class ReviewRequest(Strict):
-    """A person's decision on a shot in `needs_review`."""
+    """A person's decision on a shot in `needs_review` (or their approval of a rejected one), and why. A rejection's
+    category teaches the shot's characters a negative prompt term (store/learning.py); the note is kept."""
     decision: Literal["approve", "reject"]
+    reason: Annotated[ReviewCategory, Field(description="what was wrong (a rejection) or what was checked")] | None = None
+    note: Annotated[FreeText, Field(max_length=2000)] = ""
 
 
 class EpisodeRequest(Strict):
