@@ -26,6 +26,7 @@ from shotline.core.characters import CharacterSheetError, parse_sheet, write_cha
 from tqdm import tqdm
 
 from shotline_controller.api.app import create_app, load_or_create_token
+from shotline_controller.api.learning import character_learning
 from shotline_controller.comfy.client import ComfyBackend, ComfyUnavailable
 from shotline_controller.comfy.presets import PresetError, SetError, is_editor_format
 from shotline_controller.comfy.queued_graph import api_graph
@@ -33,6 +34,8 @@ from shotline_controller.comfy.results import RenderError
 from shotline_controller.comfy.server import ComfyStartError, ComfySupervisor, LocalComfyServer
 from shotline_controller.contract import AssemblyRequest, InputError, Shot, StateRequest, state_changes, validated
 from shotline_controller.embedded_postgres import EmbeddedPostgres, EmbeddedPostgresError
+from shotline_controller.golden_dataset import add_parser as add_dataset_parser
+from shotline_controller.lora_registry import add_parser as add_lora_parser
 from shotline_controller.media.assembly import AssemblyError
 from shotline_controller.media.scene_music import backend_music
 from shotline_controller.media.assembly_jobs import (
@@ -56,6 +59,7 @@ from shotline_controller.shot_list import (
 from shotline_controller.store.assemblies import AssemblyStore
 from shotline_controller.store.characters import CharacterStore
 from shotline_controller.store.continuity import STATE_FIELDS, ContinuityStore
+from shotline_controller.store.learning import LearningStore
 from shotline_controller.store.migrations import apply_migrations
 from shotline_controller.store.shots import ShotStore
 from shotline_controller.store.uploads import UploadStore
@@ -562,6 +566,33 @@ async def character_put_command(args) -> int:
 
 # --- the command line ------------------------------------------------------------------------------------------
 
+async def character_learned_command(args) -> int:
+    """`shotline character learned NAME [--remove TERM]`."""
+    async with open_database(load_settings()) as pool:
+        store = LearningStore(pool)
+        for term in args.remove:
+            if not await store.remove_negative(args.name, term):
+                print(f"error: --remove: {args.name!r} has no learned negative {term!r} in use", file=sys.stderr)
+                return 2
+            print(f"removed {term!r}: {args.name}'s shots no longer add it to their negative")
+        found = await character_learning(store, args.name)
+    if not (found["history"] or found["preferences"] or found["negatives"]):
+        print(f"nothing learned for {args.name!r} yet")
+        return 0
+    print_table(["batch", "created", "shots", "approved", "first-attempt pass", "attempts / approved"],
+                [[str(row["batch_id"])[:8], f"{row['created_at']:%Y-%m-%d %H:%M}", str(row["shots"]),
+                  str(row["approved"]), f"{row['first_attempt_pass_rate']:.0%}",
+                  "-" if row["attempts_per_approved"] is None else f"{row['attempts_per_approved']:.2f}"]
+                 for row in found["history"]])
+    print_table(["decision", "prefers", "pass rate", "90 % interval", "trials", "P(best)"],
+                [[row["decision"], row["arm"], f"{row['mean']:.2f}", f"{row['low']:.2f}-{row['high']:.2f}",
+                  str(row["trials"]), f"{row['p_best']:.2f}"] for row in found["preferences"]])
+    print_table(["learned negative", "from", "times", "last shot", "in use"],
+                [[row["term"], row["category"], str(row["times"]), row["last_shot"] or "-",
+                  "no (removed)" if row["removed_at"] else "yes"] for row in found["negatives"]])
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shotline", description="Render shot lists through ComfyUI.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -637,6 +668,15 @@ def parser() -> argparse.ArgumentParser:
     put.add_argument("--reference", type=Path, action="append", default=[], help="a reference image (repeat)")
     put.add_argument("--library", type=Path, help="library folder (default: SHOTLINE_CHARACTER_LIBRARY, else "
                                                   "ComfyUI's models/shotline_characters)")
+    put.set_defaults(run=character_put_command)
+    learned = character_commands.add_parser("learned", help="what the learner learned for a character: batch by "
+                                                            "batch, its preferences, its learned negatives")
+    learned.add_argument("name", help="the character's name as shots give it")
+    learned.add_argument("--remove", metavar="TERM", action="append", default=[],
+                         help="stop adding this learned negative term (repeat)")
+    learned.set_defaults(run=character_learned_command)
+    add_dataset_parser(character_commands)
+    add_lora_parser(character_commands)
     return parser
 
 
@@ -696,8 +736,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "character":
-            return asyncio.run(character_put_command(args))
+        if args.command == "character":  # each character command's parser names its function
+            return asyncio.run(args.run(args))
         if args.command == "serve":
             return asyncio.run(serve_command(args))
         if args.command == "status":

@@ -151,6 +151,12 @@ Size = Annotated[tuple[int, int], BeforeValidator(_size),
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="derived from the shot id when absent")]
 Steps = Annotated[int, Field(ge=1, le=10_000)]
 Cfg = Annotated[float, Field(ge=0, le=100)]
+SamplerName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$",
+                                   description="the sampler's sampler_name (one of the server's: euler, dpmpp_2m ...)")]
+LearningMode = Annotated[Literal["explore", "exploit", "off"], Field(
+    description="how the learner chooses the fields the shot leaves open (cfg, steps, sampler, lora_scale, "
+                "refine_denoise, refine_cycles) and the correction for a failure: explore (Thompson sampling, "
+                "the default), exploit (the best so far, no trying), off (the preset's values and the fixed ladder)")]
 Duration = Annotated[float, Field(ge=0.2, le=600, description="seconds a still image shot is held in its scene")]
 Frames = Annotated[int, Field(ge=1, le=MAX_FRAMES, description="video presets: frames generated")]
 Fps = Annotated[float, Field(ge=0.1, le=240, description="video presets: frame rate before interpolation")]
@@ -282,6 +288,8 @@ class CharacterFields(Strict):
     continuity: Continuity | None = None
     colour_anchor: Annotated[bool, Field(description="colour-match the shot to its scene's first approved shot "
                                                      "(the preset's Colour Anchor); on for continuity shots")] | None = None
+    sampler: SamplerName | None = None
+    learning: LearningMode | None = None
 
 
 class ShotDefaults(CharacterFields):
@@ -597,6 +605,20 @@ class Attempt(Answer):
     finished_at: datetime | None
     verdicts: list[dict[str, Any]] = Field(description="every check node's verdict, as the node reported it")
     outputs: list[Output]
+    outcome: Literal["approved", "needs_review", "rejected", "failed"] | None = Field(
+        None, description="what its verdicts decided, or a person's review of it: what the learner counts")
+    knobs: dict[str, str] | None = Field(None, description="the value of each learned parameter it ran with "
+                                                           "(cfg, steps, sampler ...; fix:<reason>: its correction)")
+    learned: dict[str, Any] | None = Field(None, description="what the learner chose for it, each choice with the "
+                                                             "statistics behind it (`why`)")
+
+
+class Review(Answer):
+    decision: Literal["approve", "reject"]
+    category: str | None
+    note: str
+    attempt_id: uuid.UUID | None
+    created_at: datetime
 
 
 class ShotDetail(Answer):
@@ -610,6 +632,7 @@ class ShotDetail(Answer):
     created_at: datetime
     updated_at: datetime
     continues: str | None = Field(None, description="the id of the shot this one continues")
+    reviews: list[Review] = Field([], description="a person's decisions on it, oldest first")
     attempts: list[Attempt]
 
 
@@ -766,9 +789,50 @@ class CorrectionAnalytics(Answer):
     approval_rate: float
 
 
+class LearningPoint(Answer):
+    """A character's shots in one batch (batches oldest first): is it getting better?"""
+    batch_id: uuid.UUID
+    created_at: datetime
+    shots: int = Field(description="its final shots (approved, rejected, failed)")
+    approved: int
+    first_attempt_pass_rate: float
+    attempts_per_approved: float | None = Field(description="attempts of those shots per approved shot")
+
+
+class Preference(Answer):
+    """What the learner prefers for one decision now, and how sure it is."""
+    decision: str = Field(description="cfg, steps, sampler, lora_scale, refine_denoise, refine_cycles, or "
+                                      "fix:<failure reason>")
+    arm: str = Field(description="the value (or correction) with the highest posterior pass rate")
+    mean: float = Field(description="its posterior mean pass rate")
+    low: float = Field(description="the 90 % credible interval of its pass rate")
+    high: float
+    trials: int = Field(description="attempts counted for it")
+    p_best: float = Field(description="the probability it is the best of the arms tried")
+
+
+class LearnedNegative(Answer):
+    term: str
+    category: str = Field(description="the rejection category that taught it")
+    times: int = Field(description="rejections that taught it")
+    last_shot: str | None
+    created_at: datetime
+    removed_at: datetime | None = Field(description="when a person removed it (a new rejection teaches it again)")
+
+
+class CharacterLearning(Answer):
+    character: str = Field(description="the name shots use ('' for the shots that name no character)")
+    history: list[LearningPoint]
+    preferences: list[Preference]
+    negatives: list[LearnedNegative]
+
+
 class Analytics(Answer):
     characters: list[CharacterAnalytics]
     corrections: list[CorrectionAnalytics]
+    learning: list[CharacterLearning] = Field([], description="per character: first-attempt pass rate and attempts "
+                                                              "per approved shot over its batches, what the learner "
+                                                              "prefers now, the negatives it learned")
 
 
 class BatchEvent(Batch):

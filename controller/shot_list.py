@@ -37,6 +37,7 @@ from typing import Awaitable, Callable
 from shotline.core.characters import SHEET_FILE, CharacterSheetError, find_characters, load_character
 
 from shotline_controller.comfy.presets import (
+    FieldError,
     PresetError,
     SetError,
     check_character_slots,
@@ -107,6 +108,8 @@ def check_presets(shot_list: ShotList, object_info: dict | None = None) -> None:
             tried.add(shape)
         except SetError as error:
             raise InputError(f"shots[{index}].set.{error.key}", str(error)) from None
+        except FieldError as error:
+            raise InputError(f"shots[{index}].{error.field}", str(error)) from None
         except PresetError as error:
             raise InputError(f"shots[{index}].workflow", str(error)) from None
 

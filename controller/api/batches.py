@@ -174,9 +174,10 @@ async def retry_shot(request: web.Request) -> web.Response:
 
 async def review_shot(request: web.Request) -> web.Response:
     path_uuid(request, "shot_id")  # a malformed id is reported before the body
-    decision = validated(ReviewRequest, await json_object(request)).decision
+    review = validated(ReviewRequest, await json_object(request))
     store = _store(request)
-    return await _transition(request, lambda shot_id: store.review_shot(shot_id, decision == "approve"),
+    return await _transition(request, lambda shot_id: store.review_shot(shot_id, review.decision == "approve",
+                                                                        review.reason, review.note),
                              "only shots in needs_review can be reviewed (and rejected ones approved)")
 
 

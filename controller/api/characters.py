@@ -9,6 +9,7 @@ from shotline.core.characters import CharacterSheetError, parse_sheet, reference
 from shotline_controller.api.keys import POOL, SETTINGS
 from shotline_controller.api.requests import ApiError, answer, path_key, read_body, read_multipart
 from shotline_controller.contract import CharacterList, CharacterStored
+from shotline_controller.golden_dataset import DEFAULT_MIN_SCORE, DatasetError, build_dataset, check_min_score, zipped
 from shotline_controller.media.sniff import sniff
 from shotline_controller.parsing import parse_off_loop
 from shotline_controller.settings import SettingsError
@@ -74,3 +75,22 @@ async def put_character(request: web.Request) -> web.Response:
     return await answer(CharacterStored, {"id": character_id, "folder": folder, "name": character.name,
                                           "style": character.sheet.style,
                                           "references": [path.name for path in character.references]})
+
+
+async def get_dataset(request: web.Request) -> web.Response:
+    """The character's golden dataset (controller/golden_dataset.py) as a zip: `?min_score=0.85`."""
+    folder = path_key(request, "folder")
+    unknown = sorted(set(request.query) - {"min_score"})
+    if unknown:
+        raise ApiError(unknown[0][:64], "unknown query parameter (known: min_score)")
+    try:
+        min_score = check_min_score(request.query.get("min_score", DEFAULT_MIN_SCORE))
+        library = request.app[SETTINGS].character_library
+        files, _ = await build_dataset(request.app[POOL], library, folder, min_score)
+    except SettingsError as error:
+        raise ApiError(None, str(error), 503) from None
+    except DatasetError as error:
+        raise ApiError(error.field, error.message, 404 if error.field == "character" else 400) from None
+    body = await asyncio.to_thread(zipped, files, f"{folder}-dataset")
+    return web.Response(body=body, content_type="application/zip", headers={
+        "Content-Disposition": f'attachment; filename="{folder}-dataset.zip"'})

@@ -15,8 +15,13 @@ PATH_PARAMETERS = {
     "batch_id": {"type": "string", "format": "uuid"},
     "shot_id": {"type": "string", "format": "uuid"},
     "job_id": {"type": "string", "format": "uuid"},
+    "attempt_id": {"type": "string", "format": "uuid"},
+    "index": {"type": "string", "pattern": "^[0-9]{1,6}$", "description": "counts from 0"},
     "folder": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
                "description": "the character's folder name in the library"},
+    "character": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+                  "description": "the character's name as shots give it"},
+    "term": {"type": "string", "minLength": 1, "maxLength": 200, "description": "a learned negative term"},
 }
 
 

@@ -8,7 +8,8 @@ from typing import Callable
 from pydantic import BaseModel
 from shotline.core.characters import CharacterSheet
 
-from shotline_controller.api import assemblies, batches, characters, system, uploads
+from shotline_controller import lora_registry
+from shotline_controller.api import assemblies, batches, characters, learning, review_page, system, uploads
 from shotline_controller.contract import (
     Analytics,
     AssemblyJob,
@@ -22,6 +23,7 @@ from shotline_controller.contract import (
     BatchEvent,
     BatchRequest,
     BatchShots,
+    CharacterLearning,
     CharacterList,
     CharacterStored,
     Continuity,
@@ -55,6 +57,22 @@ _BATCH_PATHS = "/api/v1/batches/{batch_id}"
 ROUTES: list[Route] = [
     Route("GET", "/health", system.health, "liveness", {200: Health}),
     Route("GET", "/openapi.json", None, "this document", {200: (JSON, "the OpenAPI 3.1 document")}),
+    Route("GET", "/", review_page.review_page,
+          "the review page: approve or reject the shots the checks left to a person",
+          {200: ("text/html", "the page (it asks for the token once and keeps it in the browser)")}),
+    Route("GET", "/review.js", review_page.review_script, "the review page's script",
+          {200: ("text/javascript", "plain JavaScript, no build step")}),
+    Route("GET", "/review.css", review_page.review_style, "the review page's style sheet",
+          {200: ("text/css", "the page's styles")}),
+    Route("GET", "/api/v1/batches", review_page.list_batches, "recent batches with their counts, newest first",
+          {200: review_page.BatchList, 400: (JSON, "`limit` is not a whole number from 1 to 200")},
+          description="Query `limit` (1..200, default 20)."),
+    Route("GET", "/api/v1/attempts/{attempt_id}/outputs/{index}", review_page.attempt_output,
+          "an attempt's output image, from the backend that rendered it",
+          {200: ("image/*", "the image as the backend serves it (PNG, JPEG, WebP or GIF)"),
+           404: (JSON, "no such attempt or output, not an image, or the backend no longer has it"),
+           502: (JSON, "the backend that rendered it cannot be reached")},
+          description="`index` counts the attempt's outputs from 0, in the order ShotDetail lists them."),
     Route("GET", "/metrics", system.metrics, "Prometheus metrics",
           {200: (PROMETHEUS, "shots by status, claim and attempt durations, backend queue depth, connected and "
                              "restarts, verdict pass rates")}),
@@ -116,8 +134,24 @@ ROUTES: list[Route] = [
                                   "so every controller of a farm can use it."),
     Route("GET", "/api/v1/backends", system.list_backends, "the ComfyUI backends of this controller",
           {200: Backends}),
-    Route("GET", "/api/v1/analytics", system.analytics, "pass rates per character, approval rates per correction",
-          {200: Analytics}),
+    Route("GET", "/api/v1/analytics", system.analytics,
+          "pass rates per character, approval rates per correction, what the learner learned", {200: Analytics}),
+    Route("GET", "/api/v1/characters/{character}/learning", learning.get_learning,
+          "what the learner learned for a character: batch by batch, its preferences now, its learned negatives",
+          {200: CharacterLearning}),
+    Route("DELETE", "/api/v1/characters/{character}/negatives/{term}", learning.remove_negative,
+          "stop adding a learned negative term to the character's shots",
+          {200: CharacterLearning, 404: (JSON, "the character has no such learned term in use")}, token=True,
+          description="A later rejection of the same category teaches it again."),
+    Route("GET", "/api/v1/characters/{folder}/loras", lora_registry.list_loras,
+          "the character's LoRA registry: every version, its status, its validation scores and decision",
+          {200: lora_registry.LoraList}),
+    Route("GET", "/api/v1/characters/{folder}/dataset", characters.get_dataset,
+          "a character's golden dataset for LoRA training, as a zip",
+          {200: ("application/zip", "frames/ and faces/ PNGs at 512/768/1024 with a caption .txt beside each, and "
+                                    "manifest.json"), 404: (JSON, "no such character in the library")},
+          token=True, description="Query `min_score` (0..1, default 0.85): the identity score an approved frame "
+                                  "needs. Near-copies are dropped; manifest.json names them and why."),
 ]
 
 # models the document names that no route uses directly

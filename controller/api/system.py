@@ -6,6 +6,7 @@ import asyncio
 from aiohttp import web
 
 from shotline_controller.api.keys import BACKENDS, METRICS, POOL, SUPERVISORS
+from shotline_controller.api.learning import learning_summary
 from shotline_controller.api.requests import answer
 from shotline_controller.comfy.client import ComfyUnavailable
 from shotline_controller.contract import Analytics, Backends, Health
@@ -44,7 +45,8 @@ async def list_backends(request: web.Request) -> web.Response:
 
 
 async def analytics(request: web.Request) -> web.Response:
-    return await answer(Analytics, await AnalyticsStore(request.app[POOL]).summary())
+    summary = await AnalyticsStore(request.app[POOL]).summary()
+    return await answer(Analytics, {**summary, "learning": await learning_summary(request.app[POOL])})
 
 
 async def metrics(request: web.Request) -> web.Response:

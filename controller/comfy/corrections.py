@@ -25,6 +25,10 @@ is kept in every correction, so a blurry attempt between two identity failures d
 
 Several reasons combine (a blurry crowd gets more steps and "solo"). Pure logic: params in, params out; what the
 shot's preset and characters offer comes in as `CorrectionContext`.
+
+The learner (learner.py) may choose another correction for a reason, among FIX_OPTIONS (the first of each is the
+table's own; for low identity the ladder's next rung is): `fixes` = {reason: option}, e.g. {"blurry": "new seed",
+"low identity": "rung 3"} (a rung chosen is jumped to, and the ladder goes on from there).
 """
 from __future__ import annotations
 
@@ -43,6 +47,15 @@ BASE_REFINE_CYCLES, REFINE_CYCLES_STEP, MAX_REFINE_CYCLES = 3, 2, 8
 BASE_REFINE_DENOISE, REFINE_DENOISE_STEP, MAX_REFINE_DENOISE = 0.45, 0.1, 0.75
 IDENTITY_RUNGS = {1: "seed + weight", 2: "LoRAs + refine", 3: "from reference"}
 WEIGHT = re.compile(r"^\((?P<text>.*):(?P<weight>[0-9.]+)\)$", re.DOTALL)
+NEW_SEED = "new seed"
+FIX_OPTIONS: dict[str, tuple[str, ...]] = {  # reason -> the corrections the learner chooses between
+    "low identity": ("rung 1", "rung 2", "rung 3"),
+    "blurry": ("more steps", NEW_SEED),
+    "noisy": ("more steps", NEW_SEED),
+    "low contrast": ("higher cfg", NEW_SEED),
+    "extra people": ("solo and crowd negative", NEW_SEED),
+    "exposure": ("balanced exposure", NEW_SEED),
+}
 
 
 def _reasons(verdicts: list[dict]) -> list[str]:
@@ -110,27 +123,58 @@ def _identity_rung(params: dict, rung: int, context: CorrectionContext, changes:
     return f"rung 1 {IDENTITY_RUNGS[1]}: character weight {changes['character_weight']:g}"
 
 
-def choose_correction(params: dict, verdicts: list[dict], attempt_no: int, previous: dict | None = None,
-                      context: CorrectionContext = CorrectionContext()) -> dict:
-    """{"changes": {field: new value}, "reason": "...", "identity_rung": n[, "step": "..."]} for the attempt
-    after `attempt_no`; `previous` is the correction that made that attempt (None for the first)."""
-    rung = int((previous or {}).get("identity_rung") or 0)
-    step = None
+def failure_reasons(params: dict, verdicts: list[dict]) -> list[str]:
+    """The reasons of FIX_OPTIONS the verdicts give (what the learner may choose a correction for)."""
     reasons = _reasons(verdicts)
     has = lambda *words: any(word in reason for reason in reasons for word in words)  # noqa: E731
+    found = [word for word in ("blurry", "noisy", "low contrast") if has(word)]
+    if has("underexposed", "overexposed"):
+        found.append("exposure")
+    if has("wrong face count", "unexpected face") and _more_faces_than_characters(reasons):
+        found.append("extra people")
+    if has("low identity", "missing character", "no face found") and params.get("characters"):
+        found.append("low identity")
+    return found
+
+
+def default_fix(reason: str, previous: dict | None = None) -> str:
+    """The table's own correction for `reason` (for low identity: the ladder's next rung)."""
+    if reason == "low identity":
+        return f"rung {min(3, int((previous or {}).get('identity_rung') or 0) + 1)}"
+    return FIX_OPTIONS[reason][0]
+
+
+def choose_correction(params: dict, verdicts: list[dict], attempt_no: int, previous: dict | None = None,
+                      context: CorrectionContext = CorrectionContext(), fixes: dict | None = None) -> dict:
+    """{"changes": {field: new value}, "reason": "...", "identity_rung": n[, "step": "..."][, "fixes": {...}]}
+    for the attempt after `attempt_no`; `previous` is the correction that made that attempt (None for the
+    first); `fixes` the learner's choices ({reason: option of FIX_OPTIONS}), kept in the correction."""
+    rung = int((previous or {}).get("identity_rung") or 0)
+    step = None
+    fixes = fixes or {}
+    reasons = _reasons(verdicts)
+    has = lambda *words: any(word in reason for reason in reasons for word in words)  # noqa: E731
+    chose_seed = lambda *names: any(fixes.get(name) == NEW_SEED for name in names if has(name))  # noqa: E731
     changes: dict = {}
     why: list[str] = []
     new_seed = False
 
     if has("blurry", "noisy"):  # an under-sampled frame is noisy or soft: more steps for either
-        steps = int(params.get("steps") or 20)
-        changes["steps"] = min(MAX_STEPS, max(steps + 8, round(steps * 1.5)))
+        if chose_seed("blurry", "noisy") and not any(fixes.get(name) == "more steps" for name in ("blurry", "noisy")):
+            new_seed = True
+        else:
+            steps = int(params.get("steps") or 20)
+            changes["steps"] = min(MAX_STEPS, max(steps + 8, round(steps * 1.5)))
         why.extend(word for word in ("blurry", "noisy") if has(word))
     if has("low contrast"):
-        changes["cfg"] = min(MAX_CFG, float(params.get("cfg") or 7.0) + 1.5)
+        if fixes.get("low contrast") == NEW_SEED:
+            new_seed = True
+        else:
+            changes["cfg"] = min(MAX_CFG, float(params.get("cfg") or 7.0) + 1.5)
         why.append("low contrast")
     if has("underexposed", "overexposed"):
-        changes["prompt"] = _append(changes.get("prompt", params.get("prompt", "")), "balanced exposure")
+        if fixes.get("exposure") != NEW_SEED:
+            changes["prompt"] = _append(changes.get("prompt", params.get("prompt", "")), "balanced exposure")
         new_seed = True
         why.append("exposure")
     if has("too small"):
@@ -142,13 +186,17 @@ def choose_correction(params: dict, verdicts: list[dict], attempt_no: int, previ
             changes["height"] = min(MAX_SIDE, int(round(height * scale / 8)) * 8)
             why.append("too small")
     if has("wrong face count", "unexpected face") and _more_faces_than_characters(reasons):
-        if len(params.get("characters") or ()) <= 1:  # "solo" would push a two-character shot to one person
-            changes["prompt"] = _append(changes.get("prompt", params.get("prompt", "")), SOLO)
-        changes["negative"] = _append(params.get("negative", ""), CROWD_NEGATIVE)
+        if fixes.get("extra people") == NEW_SEED:
+            new_seed = True
+        else:
+            if len(params.get("characters") or ()) <= 1:  # "solo" would push a two-character shot to one person
+                changes["prompt"] = _append(changes.get("prompt", params.get("prompt", "")), SOLO)
+            changes["negative"] = _append(params.get("negative", ""), CROWD_NEGATIVE)
         why.append("extra people")
     if has("low identity", "missing character", "no face found"):
         if params.get("characters"):
-            rung += 1
+            chosen = re.fullmatch(r"rung ([123])", fixes.get("low identity") or "")
+            rung = int(chosen[1]) if chosen else rung + 1
             step = _identity_rung(params, rung, context, changes)
         else:
             changes["prompt"] = _weighted(changes.get("prompt", params.get("prompt", "")))
@@ -167,6 +215,8 @@ def choose_correction(params: dict, verdicts: list[dict], attempt_no: int, previ
         if skipped:
             why.append(f"(the preset takes no {', '.join(skipped)})")
     correction = {"changes": changes, "reason": ", ".join(why)}
+    if fixes:
+        correction["fixes"] = dict(fixes)
     if rung:
         correction["identity_rung"] = rung
     if step:

@@ -7,7 +7,8 @@ API-format graph (comfy-cli's converter has already dissolved reroutes, primitiv
     role             found as
     Sampler          the one KSampler, KSamplerAdvanced, SamplerCustom or SamplerCustomAdvanced; its seed
                      (noise_seed, or the RandomNoise node feeding `noise`), steps (its own or the scheduler
-                     feeding `sigmas`), cfg (its own or the CFG guider feeding `guider`)
+                     feeding `sigmas`), cfg (its own or the CFG guider feeding `guider`), sampler_name
+                     (its own or the KSamplerSelect feeding `sampler`)
     Prompt           the text encoders feeding the sampler's positive (through conditioning nodes: combine,
     Negative Prompt  concat, set area/mask/timestep range, Flux guidance, ControlNet apply, guiders ...); the
                      negative stops at ConditioningZeroOut (it then has no text)
@@ -127,13 +128,16 @@ def _sampler_bindings(graph: dict, sampler_id: str) -> list[tuple[str, dict]]:
     inputs = graph[sampler_id]["inputs"]
     own = {name: fld for name, fld in (("seed", "seed"), ("noise_seed", "seed"), ("steps", "steps"), ("cfg", "cfg"))
            if _literal(graph[sampler_id], name, (int, float))}
+    if _literal(graph[sampler_id], "sampler_name", (str,)):
+        own["sampler_name"] = "sampler"
     bindings = [(sampler_id, own)]
     for link_name, wanted in (("noise", {"noise_seed": "seed", "seed": "seed"}), ("sigmas", {"steps": "steps"}),
-                              ("guider", {"cfg": "cfg"})):
+                              ("guider", {"cfg": "cfg"}), ("sampler", {"sampler_name": "sampler"})):
         source = _source(graph, inputs.get(link_name))
         if source is not None:
             bindings.append((source[0], {name: fld for name, fld in wanted.items()
-                                         if _literal(source[2], name, (int, float))}))
+                                         if _literal(source[2], name, (str,) if name == "sampler_name" else
+                                                     (int, float))}))
     return [(node_id, found) for node_id, found in bindings if found]
 
 

@@ -12,7 +12,8 @@ A shot fills inputs of nodes found by title:
     Checkpoint        ckpt_name                checkpoint
     Prompt            text                     prompt
     Negative Prompt   text                     negative
-    Sampler           seed, steps, cfg         seed, steps, cfg
+    Sampler           seed, steps, cfg,        seed, steps, cfg,
+                      sampler_name               sampler
     Size              width, height            size
                       batch_size (or length)   frames
     Interpolate       source_fps               fps
@@ -86,7 +87,7 @@ SHOT_INPUTS: dict[str, dict[str, str | None]] = {
     "Checkpoint": {"ckpt_name": "checkpoint"},
     "Prompt": {"text": "prompt"},
     "Negative Prompt": {"text": "negative"},
-    "Sampler": {"seed": "seed", "steps": "steps", "cfg": "cfg"},
+    "Sampler": {"seed": "seed", "steps": "steps", "cfg": "cfg", "sampler_name": "sampler"},
     "Size": {"width": "width", "height": "height", "batch_size": "frames"},
     "Interpolate": {"source_fps": "fps"},
     "Dialogue": {"text": "dialogue"},
@@ -306,6 +307,14 @@ class SetError(PresetError):
         self.key = key
 
 
+class FieldError(PresetError):
+    """A shot field's value the server's node does not take (its field is `shots[i].<field>`)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 def is_sound_only(graph: dict) -> bool:
     """Whether everything the graph saves is sound (its Save nodes are audio savers): a shot's size is not its."""
     savers = nodes_titled(graph, "Save")
@@ -385,6 +394,10 @@ def fill_preset(graph: dict, shot: Shot, checkpoint: str | None, filename_prefix
                 if input_name not in node["inputs"]:
                     raise PresetError(f"preset {shot.workflow!r}: node titled {title!r} ({node['class_type']}) "
                                       f"has no input {input_name!r}")
+                if object_info is not None and field == "sampler":
+                    problem = value_problem(object_info, node["class_type"], input_name, value)
+                    if problem:
+                        raise FieldError(field, f"{input_name} of node {node_id} ({node['class_type']}) {problem}")
                 node["inputs"][input_name] = value
                 filled[f"{title}.{input_name}"] = value
                 taken.add(field)

@@ -28,6 +28,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from shotline_controller.contract import continued_shots
+from shotline_controller.store.learning import LESSONS_SQL, lesson_terms
 from shotline_controller.store.leases import LeaseQueue, LeaseTable
 from shotline_controller.store.status import (
     EVENTS_CHANNEL,
@@ -162,7 +163,8 @@ _QUICK_COMMIT = "quick_commit AS (SELECT set_config('synchronous_commit', 'off',
 _FINISH_CTES = f"""
 closed AS (
     UPDATE attempts SET status = %(attempt_status)s, error = %(error)s, finished_at = now(),
-      inputs = coalesce(%(inputs)s, inputs)
+      inputs = coalesce(%(inputs)s, inputs), outcome = %(outcome)s, knobs = coalesce(%(knobs)s, knobs),
+      learned = coalesce(%(learned)s, learned)
     WHERE id = %(attempt)s AND status IN {OPEN_ATTEMPT} RETURNING id, shot_id),
 outs AS (
     INSERT INTO outputs (attempt_id, node_id, kind, filename, subfolder, folder_type)
@@ -300,7 +302,8 @@ class ShotStore:
 
     async def finish_attempt(self, attempt_id: uuid.UUID, shot_status: ShotStatus, *, outputs=(), verdicts=(),
                              error: dict | None = None, inputs: dict | None = None,
-                             attempt_status: AttemptStatus | None = None, retry: dict | None = None) -> bool:
+                             attempt_status: AttemptStatus | None = None, retry: dict | None = None,
+                             learning: dict | None = None) -> bool:
         """Close an attempt with its outputs, verdicts and per-character scores, and move its shot to
         `shot_status` (or, with `retry` = {"params", "correction"}, queue it again corrected), in one statement.
 
@@ -308,19 +311,26 @@ class ShotStore:
         lease lapsed): False, recording nothing, when it was already closed. A cancelled shot keeps its status."""
         recorded, _ = await self.finish_and_claim(attempt_id, shot_status, None, outputs=outputs, verdicts=verdicts,
                                                   error=error, inputs=inputs, attempt_status=attempt_status,
-                                                  retry=retry)
+                                                  retry=retry, learning=learning)
         return recorded
 
     async def finish_and_claim(self, attempt_id: uuid.UUID, shot_status: ShotStatus, claim: "NextClaim | None", *,
                                outputs=(), verdicts=(), error: dict | None = None, inputs: dict | None = None,
-                               attempt_status: AttemptStatus | None = None,
-                               retry: dict | None = None) -> tuple[bool, ClaimedShot | None]:
+                               attempt_status: AttemptStatus | None = None, retry: dict | None = None,
+                               learning: dict | None = None) -> tuple[bool, ClaimedShot | None]:
         """finish_attempt, and (with `claim`) the slot's next claim in the same statement: one round trip to
         PostgreSQL for both, which is most of what a shot costs the controller. The two are one transaction: a
-        claim that fails leaves the attempt open too, to be followed again."""
+        claim that fails leaves the attempt open too, to be followed again. `learning`: {"knobs", "learned"},
+        what the learner counts this attempt's outcome under (the status its verdicts gave the shot)."""
         attempt_status = attempt_status or (AttemptStatus.FAILED if error else AttemptStatus.SUCCEEDED)
         status = ShotStatus.QUEUED if retry else ShotStatus(shot_status)
+        judged = attempt_status in (AttemptStatus.SUCCEEDED, AttemptStatus.FAILED) and ShotStatus(shot_status) in (
+            ShotStatus.APPROVED, ShotStatus.NEEDS_REVIEW, ShotStatus.REJECTED, ShotStatus.FAILED)
+        learning = learning or {}
         finish = {"attempt": attempt_id, "attempt_status": attempt_status.value,
+                  "outcome": ShotStatus(shot_status).value if judged else None,
+                  "knobs": Jsonb(learning["knobs"]) if learning.get("knobs") else None,
+                  "learned": Jsonb(learning["learned"]) if learning.get("learned") else None,
                   "error": Jsonb(error) if error else None, "inputs": Jsonb(inputs) if inputs is not None else None,
                   "outputs": Jsonb(list(outputs)), "verdicts": Jsonb(list(verdicts)),
                   "shot_status": status.value, "retry": retry is not None,
@@ -385,14 +395,34 @@ class ShotStore:
             "UPDATE batches b SET finished_at = NULL, notified_at = NULL FROM retried WHERE b.id = retried.batch_id "
             "RETURNING b.id"), (shot_id,)))
 
-    async def review_shot(self, shot_id: uuid.UUID, approve: bool) -> bool:
+    async def review_shot(self, shot_id: uuid.UUID, approve: bool, reason: str | None = None,
+                          note: str = "") -> bool:
         """A person's decision on a shot in the review band, or their approval of a shot the checks rejected
-        (which releases the shots that continue it)."""
+        (which releases the shots that continue it), in one transaction with what it teaches: the review is
+        kept (reason category and note), the shot's last attempt takes the decision as its outcome (the learner
+        counts it), and a rejection adds its category's negative terms to each character of the shot."""
         status = ShotStatus.APPROVED if approve else ShotStatus.REJECTED
         reviewable = sql_in((ShotStatus.NEEDS_REVIEW, ShotStatus.REJECTED) if approve else (ShotStatus.NEEDS_REVIEW,))
-        return bool(await self._transition("changed", (
-            f"UPDATE shots SET status = %s, updated_at = now() WHERE id = %s "
-            f"AND status IN {reviewable} RETURNING batch_id"), (status.value, shot_id)))
+        async with self.pool.connection() as conn, conn.transaction():
+            row = await (await conn.execute(
+                f"UPDATE shots SET status = %s, updated_at = now() WHERE id = %s AND status IN {reviewable} "
+                "RETURNING batch_id, coalesce(params->'characters', '[]'::jsonb)", (status.value, shot_id))).fetchone()
+            if row is None:
+                return False
+            batch_id, characters = row
+            attempt = await (await conn.execute(
+                f"UPDATE attempts SET outcome = %s WHERE id = (SELECT id FROM attempts WHERE shot_id = %s "
+                f"AND outcome IS NOT NULL ORDER BY attempt_no DESC LIMIT 1) RETURNING id",
+                (status.value, shot_id))).fetchone()
+            await conn.execute(
+                "INSERT INTO reviews (shot_id, attempt_id, decision, category, note) VALUES (%s, %s, %s, %s, %s)",
+                (shot_id, attempt and attempt[0], "approve" if approve else "reject", reason, note))
+            terms = [] if approve else lesson_terms(reason)
+            if terms and characters:
+                await conn.execute(LESSONS_SQL, {"category": reason, "shot": shot_id, "characters": Jsonb(characters),
+                                                 "terms": terms})
+            await conn.execute(f"SELECT {_notify('changed', '%s::uuid')}", (batch_id,))
+        return True
 
     # --- batches --------------------------------------------------------------------------------------------
 
@@ -458,11 +488,14 @@ class ShotStore:
                 return None
             await cursor.execute(
                 "SELECT a.id, a.attempt_no, a.prompt_id, a.backend, a.status, a.inputs, a.correction, a.error, "
-                "  a.queued_at, a.started_at, a.finished_at, "
+                "  a.queued_at, a.started_at, a.finished_at, a.outcome, a.knobs, a.learned, "
                 f"  {ATTEMPT_VERDICTS} AS verdicts, "
                 f"  {ATTEMPT_OUTPUTS} AS outputs FROM attempts a WHERE a.shot_id = %s ORDER BY a.attempt_no",
                 (shot_id,))
             shot["attempts"] = await cursor.fetchall()
+            await cursor.execute("SELECT decision, category, note, attempt_id, created_at FROM reviews "
+                                 "WHERE shot_id = %s ORDER BY id", (shot_id,))
+            shot["reviews"] = await cursor.fetchall()
         return shot
 
     async def recent_batches(self, limit: int = 20) -> list[tuple]:

@@ -64,6 +64,7 @@ from shotline_controller.store.status import OPEN_ATTEMPT_STATUSES, AttemptStatu
 from shotline_controller.media.sniff import sniff
 from shotline_controller.store.uploads import UploadStore
 from shotline_controller.workers.continuity import LAST_FRAME_TITLE, Continuity, FrameUnavailable
+from shotline_controller.workers.learning import ShotLearning
 
 log = logging.getLogger("shotline.dispatcher")
 DATABASE_TROUBLE = (psycopg.OperationalError, PoolTimeout)
@@ -103,6 +104,7 @@ class Dispatcher:
         self.held: dict[uuid.UUID, Holding] = {}                            # shot -> its backend and prompt
         self.cancelled: set[uuid.UUID] = set()                              # held shots whose prompt we stopped
         self.continuity = Continuity(pool, lambda: self.backends[0].session, self._last_frame_nodes)
+        self.learning = ShotLearning(pool)
         self._object_info: dict[str, dict] = {}
         self._presets: dict[tuple[str, str], tuple[int, dict]] = {}
         self._uploaded: dict[tuple[str, str], str] = {}
@@ -291,6 +293,7 @@ class Dispatcher:
             preset = await self._preset(shot.workflow, backend, object_info)
             checkpoint = choose_checkpoint(params, combo_options(object_info, "CheckpointLoaderSimple", "ckpt_name"))
             carried, carried_inputs = await self._carried_over(shot, params, preset, backend)
+            params, learning, learned_inputs = await self._learned(shot, attempt_no, params, preset, object_info)
             if carried.get("image"):
                 params = params.model_copy(update={"image": carried["image"]})
             image_name = await self._input_image(backend, params.image) if params.image else None
@@ -299,6 +302,7 @@ class Dispatcher:
                                         anchor_image=carried.get("anchor_image"), states=carried.get("states"),
                                         voice=carried.get("voice"), continuity_faces=carried.get("continuity_faces"))
             inputs.update(carried_inputs)
+            inputs.update(learned_inputs)
         except FrameUnavailable as error:  # the frame it starts from is on a backend that is down, or gone
             if error.permanent:
                 await self.store.finish_attempt(attempt_id, ShotStatus.FAILED, error={"exception_message": str(error)})
@@ -336,7 +340,7 @@ class Dispatcher:
                                             inputs=inputs, error={"exception_message": f"{backend.base_url} lost "
                                                                                        "the prompt"})
             raise BackToQueue(str(error)) from error
-        outcome, following = await self._record(backend, shot, attempt_id, result, attempt_no, inputs)
+        outcome, following = await self._record(backend, shot, attempt_id, result, attempt_no, inputs, learning)
         self.metrics.attempt_seconds.labels(outcome).observe(time.monotonic() - started)
         return outcome, following
 
@@ -427,9 +431,12 @@ class Dispatcher:
                 "exception_message": "cancelled before it started: taken off the backend's queue"})
 
     async def _record(self, backend: ComfyBackend, shot: ClaimedShot, attempt_id: uuid.UUID, result: PromptResult,
-                      attempt_no: int, inputs: dict | None) -> tuple[str, ClaimedShot | None]:
-        """Record the attempt and choose the shot's next status (a correction when it was rejected); the slot's
-        next shot is claimed in the same round trip while the backend is up."""
+                      attempt_no: int, inputs: dict | None,
+                      learning: dict | None = None) -> tuple[str, ClaimedShot | None]:
+        """Record the attempt and choose the shot's next status (a correction when it was rejected, starting from
+        the values the learner chose for it); the slot's next shot is claimed in the same round trip while the
+        backend is up."""
+        learning = learning or {}
         files, verdicts = collect_results(result.outputs)
         claim = NextClaim(self.worker, self.lease_seconds, backend.base_url, backend.loaded_checkpoint) \
             if backend.connected else None
@@ -446,14 +453,18 @@ class Dispatcher:
                 status, retry_verdicts = ShotStatus(shot_status(verdicts)), verdicts
             retry = None
             if status in (ShotStatus.REJECTED, ShotStatus.FAILED) and attempt_no < shot.max_attempts:
-                correction = choose_correction(shot.params, retry_verdicts, attempt_no, shot.correction,
-                                               await self._correction_context(shot, backend))
+                ran = {**shot.params, **learning.get("chosen", {})}
+                fixes, why = await self._fixes(shot, attempt_no, ran, retry_verdicts)
+                correction = choose_correction(ran, retry_verdicts, attempt_no, shot.correction,
+                                               await self._correction_context(shot, backend), fixes=fixes)
+                if why:
+                    correction["learned"] = why
                 changes = await self._with_reference_image(correction, shot)
-                retry = {"params": {**shot.params, **changes}, "correction": correction}
+                retry = {"params": {**ran, **changes}, "correction": correction}
         started = time.perf_counter()
         recorded, following = await self.store.finish_and_claim(
             attempt_id, status, claim, outputs=files, verdicts=verdicts, error=error, inputs=inputs,
-            attempt_status=attempt_status, retry=retry)
+            attempt_status=attempt_status, retry=retry, learning=learning)
         if following is not None:
             self.metrics.claim_seconds.observe(time.perf_counter() - started)
         if not recorded:
@@ -461,6 +472,27 @@ class Dispatcher:
         if status is ShotStatus.APPROVED and not retry and shot.params.get("characters"):
             await self._keep_character_frames(shot, attempt_id, backend, files, verdicts)
         return (ShotStatus.QUEUED.value if retry else status.value), following
+
+    # --- what the learner chooses ---------------------------------------------------------------------------
+
+    async def _learned(self, shot: ClaimedShot, attempt_no: int, params: Shot, preset: dict,
+                       object_info: dict) -> tuple[Shot, dict, dict]:
+        """The shot's params with the learner's choices and its characters' learned negatives (workers/learning.py),
+        what the attempt records for the learner, and what its inputs show. The database being away is the
+        caller's trouble (the shot goes back to the queue); nothing else here fails a shot."""
+        has_loras = False
+        if params.characters and params.lora_scale is None:
+            try:
+                found = await asyncio.to_thread(self._characters, params.characters)
+                has_loras = any(c.sheet.loras for c in found)
+            except (OSError, ValueError) as error:
+                log.warning("%s: cannot read its characters (%s)", shot.shot_key, error)
+        return await self.learning.first_attempt(shot.id, attempt_no, params, preset, object_info, shot.correction,
+                                                 has_loras)
+
+    async def _fixes(self, shot: ClaimedShot, attempt_no: int, params: dict, verdicts: list[dict]) -> tuple[dict,
+                                                                                                      dict]:
+        return await self.learning.fixes(shot.id, attempt_no, params, verdicts, shot.correction)
 
     # --- what identity corrections need -------------------------------------------------------------------
 

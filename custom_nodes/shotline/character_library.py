@@ -1,4 +1,5 @@
 """Load Character (a character from the library, with its prompts), Character Prompt and Apply Character LoRAs."""
+import logging
 import os
 
 import comfy.sd
@@ -7,10 +8,11 @@ import folder_paths
 from comfy_api.latest import io
 
 from . import model_folders
-from .core.characters import (SHEET_FILE, CharacterSheetError, compose_prompts, find_characters, load_character,
-                              reference_images)
+from .core.characters import (SHEET_FILE, CharacterSheetError, LoraRef, compose_prompts, find_characters,
+                              load_character, reference_images)
 
 Character = io.Custom("SHOTLINE_CHARACTER")
+log = logging.getLogger("shotline.character_library")
 
 
 def library() -> dict:
@@ -117,6 +119,31 @@ class CharacterPrompt(io.ComfyNode):
                              clip.encode_from_tokens_scheduled(clip.tokenize(negative)), positive, negative)
 
 
+REGISTRY_FOLDER = "shotline"  # the LoRA registry's files: models/loras/shotline/<character folder>/vN.safetensors
+
+
+def with_override(character, override: str, characters: list) -> tuple:
+    """The character's LoRAs, its registry entry replaced by `override` ("FILE:STRENGTH") when the file is one of
+    its registry versions; a file no connected character's registry holds is refused, naming the characters."""
+    if not override.strip():
+        return character.sheet.loras
+    name, _, strength = override.strip().rpartition(":")
+    owner = name.split("/")[1] if name.count("/") == 2 and name.startswith(REGISTRY_FOLDER + "/") else None
+    if owner not in [c.folder.name for c in characters]:
+        raise ValueError(f"lora_override {override!r}: not FILE:STRENGTH with FILE in "
+                         f"{REGISTRY_FOLDER}/<character>/ for a connected character "
+                         f"({', '.join(c.folder.name for c in characters)})")
+    if character.folder.name != owner:
+        return character.sheet.loras
+    try:
+        value = float(strength)
+    except ValueError:
+        raise ValueError(f"lora_override {override!r}: the strength after ':' must be a number") from None
+    prefix = f"{REGISTRY_FOLDER}/{owner}/"
+    kept = tuple(lora for lora in character.sheet.loras if not lora.name.startswith(prefix))
+    return (*kept, LoraRef(name=name, strength=value))
+
+
 class ApplyCharacterLoras(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -133,14 +160,19 @@ class ApplyCharacterLoras(io.ComfyNode):
                                tooltip="Multiplies every strength in the sheets (0 turns the LoRAs off); "
                                        "identity corrections raise it."),
                 *character_inputs("A character whose sheet lists LoRAs."),
+                io.String.Input("lora_override", default="", optional=True,
+                                tooltip="FILE:STRENGTH, a LoRA registry version (shotline/<character>/vN.safetensors) "
+                                        "used instead of that character's registry LoRA for this render; empty: "
+                                        "the sheets as they are. The LoRA registry's validation sets it."),
             ],
             outputs=[io.Model.Output(display_name="model"), io.Clip.Output(display_name="clip")],
         )
 
     @classmethod
     def execute(cls, model, clip, strength_scale, character, character_2=None, character_3=None,
-                character_4=None) -> io.NodeOutput:
-        loras = [lora for c in connected(character, character_2, character_3, character_4) for lora in c.sheet.loras]
+                character_4=None, lora_override="") -> io.NodeOutput:
+        characters = connected(character, character_2, character_3, character_4)
+        loras = [lora for c in characters for lora in with_override(c, lora_override, characters)]
         for lora in loras:
             # names the file and the loras folder when it is missing
             path = folder_paths.get_full_path_or_raise("loras", lora.name)
@@ -148,4 +180,6 @@ class ApplyCharacterLoras(io.ComfyNode):
             clip_strength = lora.strength if lora.clip_strength is None else lora.clip_strength
             model, clip = comfy.sd.load_lora_for_models(model, clip, weights, lora.strength * strength_scale,
                                                         clip_strength * strength_scale)
+            log.info("Character LoRAs: applied %s at %g (clip %g)", lora.name, lora.strength * strength_scale,
+                     clip_strength * strength_scale)
         return io.NodeOutput(model, clip)

@@ -300,3 +300,46 @@ def test_a_characters_best_frame_is_kept_per_scene_and_the_freshest_is_found_fir
     assert keep == [True, False, True]
     assert (in_s1["shot_key"], in_s1["score"], in_s1["face_ref"]) == ("b", 0.9, "sha256:" + "d" * 64)
     assert in_s2["scene"] == "s1" and nobody is None
+
+
+def test_outcomes_count_per_character_and_arm_and_a_review_changes_them_and_teaches(database_url):
+    """Each attempt's knobs are counted under its outcome (lost and undecided ones not); a person's review makes
+    the decision the last attempt's outcome, keeps the reason and note, and a rejection's category adds its terms
+    to every character of the shot."""
+    from shotline_controller.learner import Counts
+    from shotline_controller.store.learning import LearningStore
+
+    async def work(pool):
+        store, learning = ShotStore(pool), LearningStore(pool)
+        shots = shots_of([{"id": "a", "prompt": "x", "characters": ["aiko", "ren"]},
+                          {"id": "b", "prompt": "x", "characters": ["aiko"]}, {"id": "c", "prompt": "x"}])
+        batch_id, [a, b, c] = await store.submit_batch(shots, "test", max_attempts=2)
+        knobs = {"knobs": {"cfg": "8.5", "sampler": "euler"}, "learned": {"cfg": {"arm": "8.5"}}}
+        first = await store.claim("w", 30, "http://b1")
+        retry = {"params": {"seed": 9}, "correction": {"changes": {"seed": 9}, "reason": "blurry"}}
+        await store.finish_attempt(first.attempt_id, ShotStatus.REJECTED, retry=retry, learning=knobs)
+        for _ in range(3):
+            claimed = await store.claim("w", 30, "http://b1")
+            status = {a: ShotStatus.NEEDS_REVIEW, b: ShotStatus.APPROVED, c: ShotStatus.APPROVED}[claimed.id]
+            await store.finish_attempt(claimed.attempt_id, status, learning={"knobs": {"cfg": "7"}})
+        before = await learning.counts(["aiko"], ["cfg", "sampler"])
+        nobody = await learning.counts([], ["cfg"])
+        assert not await store.review_shot(b, False, "hands")  # approved: only approving a rejected one is allowed
+        assert await store.review_shot(a, False, "extra_people", "two girls behind her")
+        after = await learning.counts(["aiko"], ["cfg"])
+        reviews = await rows(pool, "SELECT decision, category, note, attempt_id IS NOT NULL FROM reviews")
+        return (before, nobody, after, reviews, await learning.active_negatives(["ren"]),
+                await learning.negatives("aiko"), await learning.history("aiko"))
+
+    before, nobody, after, reviews, ren, aiko, history = run(database_url, work)
+    # a: 8.5 rejected, then 7 undecided (needs review); b: 7 approved -- summed over aiko's shots
+    assert before == {"cfg": {"8.5": Counts(0, 1), "7": Counts(1, 0)}, "sampler": {"euler": Counts(0, 1)}}
+    assert nobody == {"cfg": {"7": Counts(1, 0)}}  # c names no character: it learns under ''
+    assert after == {"cfg": {"8.5": Counts(0, 1), "7": Counts(1, 1)}}  # the review decided a's second attempt
+    assert reviews == [("reject", "extra_people", "two girls behind her", True)]
+    assert ren == ["crowd", "extra people", "multiple people"]
+    assert [(n["term"], n["times"], n["last_shot"]) for n in aiko] == [
+        ("crowd", 1, "a"), ("extra people", 1, "a"), ("multiple people", 1, "a")]
+    [batch] = history
+    assert (batch["shots"], batch["approved"], batch["first_attempt_pass_rate"], batch["attempts_per_approved"]) == (
+        2, 1, 0.5, 3.0)

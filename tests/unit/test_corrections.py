@@ -110,3 +110,25 @@ def test_too_few_faces_is_not_treated_as_a_crowd():
 def test_noise_gets_more_steps_as_blur_does():
     correction = choose_correction(PARAMS, [verdict("image 0: noisy: noise 11.2 > 7 levels")], 1)
     assert correction == {"changes": {"steps": 30}, "reason": "noisy"}
+
+
+def test_the_learners_fixes_replace_the_tables_own_and_are_kept():
+    from shotline_controller.comfy.corrections import FIX_OPTIONS, default_fix, failure_reasons
+    blurry = [verdict("image 0: blurry: sharpness 2.4 < 100")]
+    correction = choose_correction(PARAMS, blurry, 1, fixes={"blurry": "new seed"})
+    assert correction["changes"] == {"seed": 5 + SEED_STEP} and correction["fixes"] == {"blurry": "new seed"}
+    assert choose_correction(PARAMS, blurry, 1, fixes={"blurry": "more steps"})["changes"] == {"steps": 30}
+    flat = [verdict("image 0: low contrast: 0.01 < 0.05")]
+    assert choose_correction(PARAMS, flat, 1, fixes={"low contrast": "new seed"})["changes"] == {"seed": 5 + SEED_STEP}
+    crowd = [verdict("frame 0: wrong face count: 3 faces for 1 character", check="identity")]
+    assert "negative" not in choose_correction(PARAMS, crowd, 1, fixes={"extra people": "new seed"})["changes"]
+    # a rung chosen is jumped to, and the ladder goes on from it
+    aiko = {**PARAMS, "characters": ["aiko"]}
+    identity = [verdict("frame 0: low identity: aiko 0.42 < 0.75", check="identity")]
+    jumped = choose_correction(aiko, identity, 1, fixes={"low identity": "rung 2"})
+    assert jumped["identity_rung"] == 2 and "refine_cycles" in jumped["changes"]
+    assert default_fix("low identity", jumped) == "rung 3" and default_fix("low identity") == "rung 1"
+    assert failure_reasons(aiko, identity + blurry + crowd) == ["blurry", "extra people", "low identity"]
+    assert failure_reasons(PARAMS, identity) == []  # no character: the prompt is weighted, nothing to choose
+    assert all(default_fix(reason) == options[0] for reason, options in FIX_OPTIONS.items()
+               if reason != "low identity")

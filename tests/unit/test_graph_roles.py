@@ -34,7 +34,7 @@ def test_the_default_graph_is_read_off_its_wiring():
     roles = infer_roles(txt2img()).bindings
     assert roles["Prompt"] == [("6", {"text": "prompt"})]
     assert roles["Negative Prompt"] == [("7", {"text": "negative"})]
-    assert roles["Sampler"] == [("3", {"seed": "seed", "steps": "steps", "cfg": "cfg"})]
+    assert roles["Sampler"] == [("3", {"seed": "seed", "steps": "steps", "cfg": "cfg", "sampler_name": "sampler"})]
     assert roles["Size"] == [("5", {"width": "width", "height": "height", "batch_size": "frames"})]
     assert roles["Save"] == [("9", {"filename_prefix": None})]
     assert "Input Image" not in roles and "Checkpoint" not in roles  # the graph keeps its own model
@@ -100,7 +100,8 @@ def test_sampler_custom_advanced_takes_seed_steps_and_cfg_from_its_noise_schedul
         "14": node("SaveImage", images=["12", 0], filename_prefix="flux"),
     }
     roles = infer_roles(graph).bindings
-    assert roles["Sampler"] == [("6", {"noise_seed": "seed"}), ("7", {"steps": "steps"}), ("4", {"cfg": "cfg"})]
+    assert roles["Sampler"] == [("6", {"noise_seed": "seed"}), ("7", {"steps": "steps"}), ("4", {"cfg": "cfg"}),
+                                ("8", {"sampler_name": "sampler"})]
     assert roles["Prompt"] == [("2", {"text": "prompt"})] and roles["Negative Prompt"] == [("5", {"text": "negative"})]
     filled, _ = fill_preset(graph, shot(seed=3, steps=4, cfg=2.0), checkpoint=None, filename_prefix="p")
     assert (filled["6"]["inputs"]["noise_seed"], filled["7"]["inputs"]["steps"], filled["4"]["inputs"]["cfg"]) == \
