@@ -11,8 +11,10 @@ What the simulation assumes (pure logic, stdlib random):
 - A correction for a reason lifts the next attempt's p by a hidden per-character amount: one option of each reason
   (drawn, not always the ladder's first) lifts it by 0.35, the others by 0.05 .. 0.15.
 - At most 5 attempts per shot; a shot whose 5 attempts fail is not approved. Retries keep the first attempt's
-  knobs. Every attempt counts as an outcome for each knob's arm it ran with, and a retry's outcome counts for the
-  correction it applied (success = that attempt passed).
+  knobs. A pass counts for each knob's arm it ran with, a failure against the knobs its reason blames
+  (corrections.BLAME, as the controller counts them: blurry -> steps and sampler, ...; so an "exposure" failure,
+  which the simulation draws with every knob right, still counts against cfg), and a retry's outcome counts for
+  the correction it applied (success = that attempt passed).
 Measured over shots 101-150 of each character, mean +- sd over 10 seeds.
 """
 from __future__ import annotations
@@ -26,7 +28,8 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from shotline_controller.learner import CORRECTION_OPTIONS, Counts, choose, knob_arms  # noqa: E402
+from shotline_controller.comfy.corrections import BLAME, FIX_OPTIONS  # noqa: E402
+from shotline_controller.learner import Counts, choose, knob_arms  # noqa: E402
 
 PRESET = {"cfg": 7.0, "steps": 20, "sampler": "euler", "lora_scale": 1.0, "refine_denoise": 0.45, "refine_cycles": 3}
 SAMPLERS = ("euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_sde", "uni_pc", "ddim")
@@ -42,7 +45,7 @@ class Character:
     def __init__(self, rng: random.Random):
         self.best = {knob: rng.randrange(len(arms)) for knob, arms in GRIDS.items()}
         self.lift = {}
-        for reason, options in CORRECTION_OPTIONS.items():
+        for reason, options in FIX_OPTIONS.items():
             good = rng.choice(options)
             self.lift[reason] = {o: 0.35 if o == good else rng.uniform(0.05, 0.15) for o in options}
 
@@ -85,14 +88,15 @@ def run_policy(learn: bool, seed: int) -> dict:
             lift, fix, approved, first = 0.0, None, False, False
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 passed, reason = character.attempt(arms, lift, world)
-                for knob, arm in arms.items():
-                    count(knob, arm, passed)
+                for knob, arm in arms.items():  # a failure counts against the knobs its reason blames
+                    if passed or knob in BLAME[reason]:
+                        count(knob, arm, passed)
                 if fix:
                     count(*fix, passed)
                 if passed:
                     approved, first = True, attempt == 1
                     break
-                options = CORRECTION_OPTIONS[reason]
+                options = FIX_OPTIONS[reason]
                 correction = pick(f"fix:{reason}", options, options[0])
                 fix = (f"fix:{reason}", correction)
                 lift = character.lift[reason][correction]

@@ -11,11 +11,11 @@ by workers/learning.py.
     refine_denoise  v-0.2, v-0.1, v, v+0.1, v+0.2               (0.05 .. 1)
     refine_cycles   v-2, v-1, v, v+1, v+2                       (1 .. 8)
 
-A decision for a failure (`fix:<reason>`) chooses between the corrections of CORRECTION_OPTIONS (the first of
-each is the fixed ladder's own choice).
+A decision for a failure (`fix:<reason>`) chooses between the corrections of
+corrections.FIX_OPTIONS (the first of each is the fixed ladder's own choice).
 
 The rule, in one sentence: each arm's pass rate is Beta(1 + passed, 1 + failed) (the preset's own arm starts
-one pass ahead, Beta(2, 1)), one draw is taken per arm and pulled halfway back to the arm's mean (EXPLORE), and
+two passes ahead, Beta(3, 1)), one draw is taken per arm and pulled halfway back to the arm's mean (EXPLORE), and
 the highest wins, ties going to the preset's arm. So an untried grid is not explored blindly, and exploration
 fades as evidence grows. `exploit` takes the highest mean; `off` is the caller not asking.
 """
@@ -29,7 +29,7 @@ from typing import Mapping, Sequence
 KNOBS = ("cfg", "steps", "sampler", "lora_scale", "refine_denoise", "refine_cycles")
 MODES = ("explore", "exploit", "off")
 EXPLORE = 0.5          # how much of a draw's distance from its mean is kept
-DEFAULT_EDGE = 1       # prior passes the preset's own arm starts with
+DEFAULT_EDGE = 2       # prior passes the preset's own arm starts with
 COMMON_SAMPLERS = ("euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_sde", "uni_pc")
 _STEPS = {"cfg": (-2, -1, 0, 1, 2), "lora_scale": (-0.4, -0.2, 0, 0.2, 0.4),
           "refine_denoise": (-0.2, -0.1, 0, 0.1, 0.2), "refine_cycles": (-2, -1, 0, 1, 2)}
@@ -37,16 +37,6 @@ _STEPS_FACTORS = (0.6, 0.8, 1.0, 1.25, 1.5)
 _BOUNDS = {"cfg": (0.0, 30.0), "steps": (1, 150), "lora_scale": (0.0, 2.0), "refine_denoise": (0.05, 1.0),
            "refine_cycles": (1, 8)}
 _INTEGER = {"steps", "refine_cycles"}
-# reason -> the corrections to choose between; first = the fixed ladder's own. Kept equal to corrections.FIX_OPTIONS
-# (tests/unit/test_learner.py checks it) so this module stays free of the controller's imports.
-CORRECTION_OPTIONS: dict[str, tuple[str, ...]] = {
-    "low identity": ("rung 1", "rung 2", "rung 3"),
-    "blurry": ("more steps", "new seed"),
-    "noisy": ("more steps", "new seed"),
-    "low contrast": ("higher cfg", "new seed"),
-    "extra people": ("solo and crowd negative", "new seed"),
-    "exposure": ("balanced exposure", "new seed"),
-}
 
 
 @dataclass(frozen=True)

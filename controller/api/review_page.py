@@ -7,17 +7,23 @@ the attempt's record and must be one of this service's backends, never from the 
 """
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime
 from pathlib import Path
 
 import aiohttp
+import cv2
+import numpy as np
 from aiohttp import web
 from pydantic import Field
-
 from shotline_controller.api.keys import BACKENDS, POOL
 from shotline_controller.api.requests import ApiError, answer, path_uuid
-from shotline_controller.comfy.client import ComfyUnavailable, OutputGone, fetch_output_bytes
+from shotline_controller.comfy.client import (
+    ComfyUnavailable,
+    OutputGone,
+    fetch_output_bytes,
+)
 from shotline_controller.contract import Answer, Counts
 
 STATIC = Path(__file__).parent / "static"
@@ -26,10 +32,7 @@ PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src
 MAX_BATCHES = 200
 MAX_IMAGE_BYTES = 25 * 1024 * 1024
 FETCH_SECONDS = 20.0
-# what an image starts with: the only outputs this route passes on
-IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg", b"GIF87a": "image/gif",
-               b"GIF89a": "image/gif"}
-
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 class BatchListEntry(Answer):
     id: uuid.UUID
@@ -81,6 +84,15 @@ async def list_batches(request: web.Request) -> web.Response:
          "total": sum(counts.values())} for id_, source, created, finished, counts in rows]})
 
 
+def _as_png(data: bytes) -> bytes | None:
+    """Another image format as PNG at its own size (face boxes are in its pixels); None when it is no image."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        return None
+    ok, encoded = cv2.imencode(".png", image)
+    return encoded.tobytes() if ok else None
+
+
 def _index(request: web.Request) -> int:
     raw = request.match_info["index"]
     if not raw.isascii() or not raw.isdigit() or len(raw) > 6:
@@ -102,7 +114,7 @@ async def attempt_output(request: web.Request) -> web.Response:
     if backend is None:
         raise ApiError("attempt_id", "the backend that rendered this attempt is not one of this service's",
                        status=404)
-    if not filename.lower().endswith((".png", ".jpg", ".jpeg", ".webp", ".gif")):
+    if not filename.lower().endswith((".png", ".jpg", ".jpeg", ".webp")):
         raise ApiError("index", f"output {index} is not an image", status=404)
     output = {"filename": filename, "subfolder": subfolder, "type": folder_type}
     try:
@@ -114,11 +126,10 @@ async def attempt_output(request: web.Request) -> web.Response:
         raise ApiError(None, "the backend that rendered this attempt cannot be reached", status=502) from None
     if len(data) > MAX_IMAGE_BYTES:
         raise ApiError("index", f"output {index} is over {MAX_IMAGE_BYTES // (1024 * 1024)} MB", status=404)
-    media_type = next((kind for magic, kind in IMAGE_MAGIC.items() if data.startswith(magic)), None)
-    if media_type is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        media_type = "image/webp"
-    if media_type is None:
-        raise ApiError("index", f"output {index} is not an image", status=404)
-    return web.Response(body=data, headers={"Content-Type": media_type, "X-Content-Type-Options": "nosniff",
+    if not data.startswith(PNG_MAGIC):  # JPEG or WebP: one media type for the document, same size for the boxes
+        data = await asyncio.to_thread(_as_png, data)
+        if data is None:
+            raise ApiError("index", f"output {index} is not an image", status=404)
+    return web.Response(body=data, headers={"Content-Type": "image/png", "X-Content-Type-Options": "nosniff",
                                             "Cache-Control": "private, max-age=3600"})
 

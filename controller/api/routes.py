@@ -69,7 +69,7 @@ ROUTES: list[Route] = [
           description="Query `limit` (1..200, default 20)."),
     Route("GET", "/api/v1/attempts/{attempt_id}/outputs/{index}", review_page.attempt_output,
           "an attempt's output image, from the backend that rendered it",
-          {200: ("image/*", "the image as the backend serves it (PNG, JPEG, WebP or GIF)"),
+          {200: ("image/png", "the image at its own size (a JPEG or WebP output re-encoded as PNG)"),
            404: (JSON, "no such attempt or output, not an image, or the backend no longer has it"),
            502: (JSON, "the backend that rendered it cannot be reached")},
           description="`index` counts the attempt's outputs from 0, in the order ShotDetail lists them."),

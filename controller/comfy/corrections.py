@@ -122,6 +122,36 @@ def _identity_rung(params: dict, rung: int, context: CorrectionContext, changes:
     changes["character_weight"] = _raised(params, "character_weight", 1.0, WEIGHT_STEP, MAX_WEIGHT)
     return f"rung 1 {IDENTITY_RUNGS[1]}: character weight {changes['character_weight']:g}"
 
+# reason -> the learned knobs a failure for it counts against (the learner's credit: a blurry frame says nothing
+# about its cfg); a failure with any other reason (too small, NaN pixels, an execution error) counts against all
+BLAME: dict[str, tuple[str, ...]] = {
+    "blurry": ("steps", "sampler"),
+    "noisy": ("steps", "sampler"),
+    "low contrast": ("cfg",),
+    "exposure": ("cfg",),
+    "extra people": (),
+    "low identity": ("lora_scale", "refine_denoise", "refine_cycles"),
+}
+
+
+def blamed_knobs(params: dict, verdicts: list[dict]) -> list[str] | None:
+    """The knobs a failure with these verdicts counts against; None for all (a reason BLAME does not know)."""
+    reasons = _reasons(verdicts)
+    if not reasons:
+        return None
+    known = failure_reasons(params, verdicts)
+    explained = [reason for reason in reasons if any(_names(reason, name) for name in known)]
+    if len(explained) < len(reasons):
+        return None
+    return sorted({knob for reason in known for knob in BLAME[reason]})
+
+
+def _names(reason: str, name: str) -> bool:
+    """Whether a verdict's reason text is one of failure_reasons' `name`."""
+    words = {"exposure": ("underexposed", "overexposed"), "extra people": ("wrong face count", "unexpected face"),
+             "low identity": ("low identity", "missing character", "no face found")}.get(name, (name,))
+    return any(word in reason for word in words)
+
 
 def failure_reasons(params: dict, verdicts: list[dict]) -> list[str]:
     """The reasons of FIX_OPTIONS the verdicts give (what the learner may choose a correction for)."""

@@ -164,7 +164,7 @@ _FINISH_CTES = f"""
 closed AS (
     UPDATE attempts SET status = %(attempt_status)s, error = %(error)s, finished_at = now(),
       inputs = coalesce(%(inputs)s, inputs), outcome = %(outcome)s, knobs = coalesce(%(knobs)s, knobs),
-      learned = coalesce(%(learned)s, learned)
+      learned = coalesce(%(learned)s, learned), blamed = %(blamed)s
     WHERE id = %(attempt)s AND status IN {OPEN_ATTEMPT} RETURNING id, shot_id),
 outs AS (
     INSERT INTO outputs (attempt_id, node_id, kind, filename, subfolder, folder_type)
@@ -320,8 +320,9 @@ class ShotStore:
                                learning: dict | None = None) -> tuple[bool, ClaimedShot | None]:
         """finish_attempt, and (with `claim`) the slot's next claim in the same statement: one round trip to
         PostgreSQL for both, which is most of what a shot costs the controller. The two are one transaction: a
-        claim that fails leaves the attempt open too, to be followed again. `learning`: {"knobs", "learned"},
-        what the learner counts this attempt's outcome under (the status its verdicts gave the shot)."""
+        claim that fails leaves the attempt open too, to be followed again. `learning`: {"knobs", "learned",
+        "blamed"}, what the learner counts this attempt's outcome under (the status its verdicts gave the shot;
+        a failure against the `blamed` knobs only, when given)."""
         attempt_status = attempt_status or (AttemptStatus.FAILED if error else AttemptStatus.SUCCEEDED)
         status = ShotStatus.QUEUED if retry else ShotStatus(shot_status)
         judged = attempt_status in (AttemptStatus.SUCCEEDED, AttemptStatus.FAILED) and ShotStatus(shot_status) in (
@@ -331,6 +332,7 @@ class ShotStore:
                   "outcome": ShotStatus(shot_status).value if judged else None,
                   "knobs": Jsonb(learning["knobs"]) if learning.get("knobs") else None,
                   "learned": Jsonb(learning["learned"]) if learning.get("learned") else None,
+                  "blamed": Jsonb(learning["blamed"]) if learning.get("blamed") is not None else None,
                   "error": Jsonb(error) if error else None, "inputs": Jsonb(inputs) if inputs is not None else None,
                   "outputs": Jsonb(list(outputs)), "verdicts": Jsonb(list(verdicts)),
                   "shot_status": status.value, "retry": retry is not None,

@@ -36,7 +36,7 @@ from shotline_controller.comfy.client import (
 from shotline.core.characters import CharacterSheetError, find_characters, load_character
 from shotline.core.gallery_cache import CACHE_FOLDER, most_typical_reference
 
-from shotline_controller.comfy.corrections import CorrectionContext, choose_correction
+from shotline_controller.comfy.corrections import CorrectionContext, blamed_knobs, choose_correction
 from shotline_controller.comfy.presets import (
     ANCHOR_IMAGE_TITLE,
     PresetError,
@@ -452,6 +452,8 @@ class Dispatcher:
             else:
                 status, retry_verdicts = ShotStatus(shot_status(verdicts)), verdicts
             retry = None
+            if status in (ShotStatus.REJECTED, ShotStatus.FAILED):  # what its failure says about its knobs
+                learning = {**learning, "blamed": blamed_knobs(shot.params, retry_verdicts)}
             if status in (ShotStatus.REJECTED, ShotStatus.FAILED) and attempt_no < shot.max_attempts:
                 ran = {**shot.params, **learning.get("chosen", {})}
                 fixes, why = await self._fixes(shot, attempt_no, ran, retry_verdicts)

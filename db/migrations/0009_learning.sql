@@ -3,18 +3,22 @@
 -- Each attempt records the value of every learned parameter it ran with (`knobs`: {"cfg": "8.5", "sampler":
 -- "euler", "fix:low identity": "rung 2"}), what the learner chose and the statistics behind the choice
 -- (`learned`), and its outcome: the status its own verdicts gave the shot, which a person's review replaces.
+-- A failure counts against the knobs its reasons point at (`blamed`: blurry -> steps and sampler ...), every
+-- knob when they point nowhere known; a fix always counts.
 -- learner_outcomes counts them per character x decision x arm: the Beta-Bernoulli posteriors the chooser samples.
 
 ALTER TABLE attempts
     ADD COLUMN outcome text CHECK (outcome IN ('approved', 'needs_review', 'rejected', 'failed')),
     ADD COLUMN knobs jsonb,
+    ADD COLUMN blamed jsonb,   -- the knobs its failure counts against (from its reasons); NULL: all of them
     ADD COLUMN learned jsonb;
 
 -- a shot with no character learns under '' (the shots of no character share one set of statistics)
 CREATE VIEW learner_outcomes AS
 SELECT ch.name AS character_name, k.key AS decision, k.value #>> '{}' AS arm,
        count(*) FILTER (WHERE a.outcome = 'approved') AS successes,
-       count(*) FILTER (WHERE a.outcome IN ('rejected', 'failed')) AS failures,
+       count(*) FILTER (WHERE a.outcome IN ('rejected', 'failed')
+                        AND (a.blamed IS NULL OR a.blamed ? k.key OR k.key LIKE 'fix:%')) AS failures,
        max(a.finished_at) AS last_seen
 FROM attempts a
 JOIN shots s ON s.id = a.shot_id

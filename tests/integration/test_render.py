@@ -131,7 +131,7 @@ def test_a_rejected_shot_is_retried_with_a_correction(comfy, database_url, tmp_p
     """128 px fails the shot's 160 px minimum: the second attempt is corrected to 160 px and says why. (Without
     `min_side` the check follows the size the shot asks for, and 128 px passes as 128 px.)"""
     one = {"shots": [{"id": "small", "workflow": "shot_txt2img", "prompt": "a girl", "seed": 4, "size": "128x128",
-                      "steps": 1, "min_side": 160}]}
+                      "steps": 1, "min_side": 160, "learning": "off"}]}  # the table's own correction
     result = shotline("render", write_list(tmp_path / "one.yaml", one), "--comfy", comfy.url, "--max-attempts", "2",
                       env={"DATABASE_URL": database_url})
     assert result.returncode == 0, result.stdout + result.stderr
@@ -233,7 +233,8 @@ def test_a_character_shot_climbs_the_identity_ladder_and_records_every_score(com
     from shotline_controller.example_characters import ensure_example_characters
     ensure_example_characters(comfy_server.characters_dir)
     one = {"shots": [{"id": "c01", "workflow": "shot_character", "characters": ["example_a"], "prompt": "portrait",
-                      "seed": 7, "size": "128x128", "steps": 1, "min_side": 64, "identity_threshold": 0.7}]}
+                      "seed": 7, "size": "128x128", "steps": 1, "min_side": 64, "identity_threshold": 0.7,
+                      "learning": "off"}]}  # the fixed ladder, rung by rung
     result = shotline("render", write_list(tmp_path / "one.yaml", one), "--comfy", comfy.url, "--max-attempts", "3",
                       env={"DATABASE_URL": database_url, "SHOTLINE_CHARACTER_LIBRARY": str(comfy_server.characters_dir)})
     assert result.returncode == 0, result.stdout + result.stderr

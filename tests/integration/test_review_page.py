@@ -12,14 +12,15 @@ import uuid
 
 import numpy as np
 import pytest
-
 from shotline_controller.comfy.client import ComfyBackend
+
 from tests.integration.test_editor_browser import CHROMIUM, INSTALL_CHROMIUM
 from tests.integration.test_identity_nodes import png_bytes
 from tests.integration.test_service import AUTH, TOKEN, run_service, sql, submit
 
 pytestmark = pytest.mark.integration
 
+DOWN = "http://127.0.0.1:9"   # a configured backend that is down (the discard port: nothing listens)
 BOX = [16.0, 24.0, 80.0, 96.0]   # x0, y0, x1, y1 in pixels of the 128 px frame
 
 
@@ -87,12 +88,19 @@ def test_the_review_page_lists_needs_review_shots_and_approves_one(database_url,
         assert (await client.get(f"/api/v1/attempts/{attempt_id}/outputs/1")).status == 404
         assert (await client.get(f"/api/v1/attempts/{uuid.uuid4()}/outputs/0")).status == 404
         assert (await client.get("/api/v1/attempts/nope/outputs/0")).status == 400
+        [(down,)] = await sql(pool, "INSERT INTO attempts (shot_id, attempt_no, prompt_id, backend, status) VALUES "
+                                    "(%s, 1, %s, %s, 'succeeded') RETURNING id", (d, uuid.uuid4(), DOWN))
+        await sql(pool, "INSERT INTO outputs (attempt_id, node_id, kind, filename) VALUES (%s, '9', 'images', "
+                        "'x.png')", (down,))
+        assert (await client.get(f"/api/v1/attempts/{down}/outputs/0")).status == 502
+        await sql(pool, "DELETE FROM attempts WHERE id = %s", (down,))
 
         started = time.monotonic()
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
             try:
-                page = await browser.new_page()
+                context = await browser.new_context()  # one browser profile: both pages share its localStorage
+                page = await context.new_page()
                 errors = []
                 page.on("pageerror", lambda error: errors.append(str(error)))
                 page.on("console", lambda message: message.type == "error" and errors.append(message.text))
@@ -127,7 +135,7 @@ def test_the_review_page_lists_needs_review_shots_and_approves_one(database_url,
                 assert status == "approved"
 
                 # a second page, already holding the token: a review made elsewhere reaches it through the stream
-                second = await browser.new_page()
+                second = await context.new_page()
                 await second.goto(base)
                 await second.click(f"#batches button[data-batch='{created['batch_id']}']")
                 await second.wait_for_function("() => document.querySelectorAll('.card[data-shot]').length === 2")
@@ -145,6 +153,7 @@ def test_the_review_page_lists_needs_review_shots_and_approves_one(database_url,
         return await sql(pool, "SELECT shot_key, status FROM shots ORDER BY shot_key")
 
     statuses = run_service(database_url, tmp_path, work,
-                           backends=[ComfyBackend(comfy_server.url, session=None)])  # /view only: no watcher
+                           # only their addresses are used (for /view): no watcher is started
+                           backends=[ComfyBackend(comfy_server.url, session=None), ComfyBackend(DOWN, session=None)])
     print(f"\nbrowser part: {timings['browser']:.1f} s")
     assert statuses == [("a", "approved"), ("b", "approved"), ("c", "needs_review"), ("d", "queued")]

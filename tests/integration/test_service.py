@@ -320,7 +320,8 @@ def test_writes_and_event_streams_need_the_token(database_url, tmp_path):
                ("POST", f"/api/v1/shots/{shot_id}/retry"), ("POST", f"/api/v1/shots/{shot_id}/review"),
                ("POST", f"/api/v1/batches/{batch_id}/cancel"), ("POST", f"/api/v1/batches/{batch_id}/assemblies"),
                ("GET", f"/api/v1/batches/{batch_id}/events"), ("PUT", "/api/v1/characters/aiko"),
-               ("POST", "/api/v1/uploads")]
+               ("POST", "/api/v1/uploads"), ("DELETE", "/api/v1/characters/aiko/negatives/crowd"),
+               ("GET", "/api/v1/characters/aiko/dataset")]
 
     async def work(client, pool):
         statuses = []
@@ -333,14 +334,15 @@ def test_writes_and_event_streams_need_the_token(database_url, tmp_path):
                                  "error" in await response.json()))
         reads = [(await client.get(path)).status for path in ("/health", "/openapi.json", "/metrics",
                                                                 "/api/v1/characters", "/api/v1/analytics",
-                                                                "/api/v1/backends")]
+                                                                "/api/v1/backends", "/api/v1/batches", "/",
+                                                                "/api/v1/characters/aiko/learning")]
         with_token = await client.post("/api/v1/batches", json={"shots": [{"id": "a", "prompt": "x"}]},
                                        headers=AUTH)
         return statuses, reads, with_token.status, await shot_count(pool)
 
     statuses, reads, with_token, shots = run_service(database_url, tmp_path, work)
     assert set(statuses) == {(401, "Bearer", True)} and len(statuses) == 5 * len(guarded)
-    assert reads == [200] * 6
+    assert reads == [200] * 9
     assert with_token == 201 and shots == 1
 
 
@@ -1337,7 +1339,8 @@ def test_openapi_is_the_contract_of_every_route(database_url, tmp_path):
             assert "503" in responses, (method, path)
             if "{" in path or "requestBody" in operation:
                 assert "400" in responses, (method, path)
-            if method in ("post", "put") or path.endswith("/events"):
+            # writes, event streams and the dataset download (frames fetched from the backends) need the token
+            if method in ("post", "put", "delete") or path.endswith(("/events", "/dataset")):
                 assert "401" in responses and operation["security"] == [{"bearer": []}], (method, path)
             else:
                 assert "401" not in responses and "security" not in operation, (method, path)

@@ -107,7 +107,7 @@ function identityOf(attempt) {
 }
 
 function thumbnail(attempt) {
-  const index = (attempt.outputs || []).findIndex((o) => /\.(png|jpe?g|webp|gif)$/i.test(o.filename));
+  const index = (attempt.outputs || []).findIndex((o) => /\.(png|jpe?g|webp)$/i.test(o.filename));
   if (index < 0) return el("p", { text: "no image output" });
   const img = el("img", { alt: `output of attempt ${attempt.attempt_no}`,
                           src: `/api/v1/attempts/${attempt.id}/outputs/${index}` });
@@ -153,7 +153,8 @@ function attempts(detail) {
   const list = el("ol", { class: "attempts" });
   for (const attempt of detail.attempts) {
     const correction = attempt.correction
-      ? ` — ${attempt.correction.reason || "corrected"}${attempt.correction.step ? ` (${attempt.correction.step})` : ""}`
+      ? ` — ${attempt.correction.reason || "corrected"}` +
+        (attempt.correction.step ? ` (${attempt.correction.step})` : "")
       : "";
     list.append(el("li", { text: `#${attempt.attempt_no} ${attempt.status}` +
                                  `${attempt.outcome ? ` → ${attempt.outcome}` : ""}${correction}` }));
@@ -163,7 +164,8 @@ function attempts(detail) {
 
 function card(detail) {
   const last = [...detail.attempts].reverse().find((a) => (a.outputs || []).length) || detail.attempts.at(-1);
-  const reason = el("select", { name: "reason", "aria-label": "reason" }, el("option", { value: "", text: "reason…" }),
+  const reason = el("select", { name: "reason", "aria-label": "reason" },
+    el("option", { value: "", text: "reason…" }),
     ...REASONS.map((r) => el("option", { value: r, text: r.replace("_", " ") })));
   const note = el("input", { type: "text", name: "note", placeholder: "note", maxlength: "2000" });
   const approve = el("button", { type: "button", class: "approve", text: "Approve" });
