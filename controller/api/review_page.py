@@ -13,7 +13,6 @@ from datetime import datetime
 from pathlib import Path
 
 import aiohttp
-import cv2
 import numpy as np
 from aiohttp import web
 from pydantic import Field
@@ -34,6 +33,7 @@ MAX_IMAGE_BYTES = 25 * 1024 * 1024
 FETCH_SECONDS = 20.0
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
+
 class BatchListEntry(Answer):
     id: uuid.UUID
     source: str
@@ -52,16 +52,18 @@ def _page_headers(content_type: str) -> dict:
             "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
 
 
-async def review_page(request: web.Request) -> web.Response:
-    return web.Response(body=(STATIC / "review.html").read_bytes(), headers=_page_headers("text/html; charset=utf-8"))
-
-
 def _asset(name: str, content_type: str):
+    """A handler serving one of the page's files, read once (at the first request, off the event loop)."""
+    body: list[bytes] = []
+
     async def serve(request: web.Request) -> web.Response:
-        return web.Response(body=(STATIC / name).read_bytes(), headers=_page_headers(f"{content_type}; charset=utf-8"))
+        if not body:
+            body.append(await asyncio.to_thread((STATIC / name).read_bytes))
+        return web.Response(body=body[0], headers=_page_headers(f"{content_type}; charset=utf-8"))
     return serve
 
 
+review_page = _asset("review.html", "text/html")
 review_script = _asset("review.js", "text/javascript")
 review_style = _asset("review.css", "text/css")
 
@@ -86,6 +88,7 @@ async def list_batches(request: web.Request) -> web.Response:
 
 def _as_png(data: bytes) -> bytes | None:
     """Another image format as PNG at its own size (face boxes are in its pixels); None when it is no image."""
+    import cv2  # here, not at import: every `shotline` command imports the routes
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         return None

@@ -482,8 +482,8 @@ class Dispatcher:
         """The shot's params with the learner's choices and its characters' learned negatives (workers/learning.py),
         what the attempt records for the learner, and what its inputs show. The database being away is the
         caller's trouble (the shot goes back to the queue); nothing else here fails a shot."""
-        has_loras = False
-        if params.characters and params.lora_scale is None:
+        has_loras = False  # read from the sheets only where the learner could choose a LoRA scale
+        if params.characters and params.lora_scale is None and "lora_scale" in accepted_fields(preset):
             try:
                 found = await asyncio.to_thread(self._characters, params.characters)
                 has_loras = any(c.sheet.loras for c in found)
